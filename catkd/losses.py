@@ -1,0 +1,255 @@
+"""Distillation losses as pure functions on tensors.
+
+Every function takes student and teacher tensors and returns a scalar loss. The teacher is a
+target: its tensors are detached, so no gradient ever reaches the teacher. Nothing assumes a
+device, a batch size or a number of classes K. Half-precision inputs are computed in float32
+(sums over many classes and small norms are not safe in bf16/fp16); other dtypes are kept.
+
+- ``cat_loss``: class attention transfer (CAT-KD, Guo et al., CVPR 2023, Eq. 5).
+- ``kd_loss``: Hinton's knowledge distillation.
+- ``dkd_loss``: decoupled knowledge distillation (Zhao et al., CVPR 2022).
+- ``at_loss``: attention transfer (Zagoruyko & Komodakis, ICLR 2017).
+"""
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+NORMALIZE = ("l2", "l1", None)
+BINARIZE = (None, "mean", "mean_abs")
+CLASS_SELECTIONS = ("top", "bottom")
+_EPS = 1e-12  # guards the normalisation of an all-zero map (e.g. a binarised constant CAM)
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _check_4d(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(tensor.shape)}")
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "student_logits and teacher_logits must both be (N, K) with the same shape, got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+
+
+def _kl_per_batch(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of (N, K) log-probabilities, summed over K, averaged over N."""
+    return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+
+
+def _parse_classes(classes, cams_shape: torch.Size) -> Optional[Tuple[str, int]]:
+    # Lists are accepted too, because YAML configs give lists, not tuples.
+    if classes is None:
+        return None
+    num_classes = cams_shape[1]
+    valid = (
+        f"valid: None, ('top', n) or ('bottom', n) with 1 <= n <= K = {num_classes} "
+        f"for CAMs of shape {tuple(cams_shape)}"
+    )
+    if not isinstance(classes, (tuple, list)) or len(classes) != 2:
+        raise ValueError(f"unknown classes spec {classes!r}; {valid}")
+    which, n = classes
+    if which not in CLASS_SELECTIONS:
+        raise ValueError(f"unknown class selection {which!r} in classes={classes!r}; {valid}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_classes:
+        raise ValueError(f"classes={classes!r} asks for n={n!r} classes; {valid}")
+    return which, n
+
+
+def cat_loss(
+    student_cams: torch.Tensor,
+    teacher_cams: torch.Tensor,
+    resolution: int = 2,
+    normalize: Optional[str] = "l2",
+    binarize: Optional[str] = None,
+    classes: Optional[Tuple[str, int]] = None,
+) -> torch.Tensor:
+    """Class attention transfer loss: the paper's Eq. 5 divided by r^2, averaged over the batch.
+
+    Args:
+        student_cams: (N, K, H_s, W_s) student class activation maps.
+        teacher_cams: (N, K, H_t, W_t) teacher class activation maps; the sizes may differ from
+            the student's (e.g. 8x8 vs 4x4) because each side is pooled on its own.
+        resolution: r, the side of the pooled maps; 1 <= r <= min(H_s, W_s, H_t, W_t).
+        normalize: "l2" or "l1" (divide each pooled (sample, class) map by its norm over the
+            r*r cells) or None.
+        binarize: teacher maps become 1 where they exceed a per-map threshold, else 0, before
+            pooling. "mean": the map's spatial mean (the paper); "mean_abs": the mean of |CAM|
+            (the authors' code); None: no binarisation.
+        classes: None (all K classes) or ("top", n) / ("bottom", n): per sample, keep exactly n
+            classes with the highest / lowest teacher score GAP(CAM) (the logit without bias,
+            Eq. 3), measured on the raw teacher CAMs.
+
+    Returns:
+        Scalar: squared difference of the pooled (normalised) maps, averaged over the batch, the
+        kept classes and the r*r cells.
+    """
+    _check_4d("student_cams", student_cams)
+    _check_4d("teacher_cams", teacher_cams)
+    if student_cams.shape[:2] != teacher_cams.shape[:2]:
+        raise ValueError(
+            "student_cams and teacher_cams must have the same N and K, got shapes "
+            f"{tuple(student_cams.shape)} and {tuple(teacher_cams.shape)}"
+        )
+    smallest_side = min(*student_cams.shape[2:], *teacher_cams.shape[2:])
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or not 1 <= resolution <= smallest_side
+    ):
+        raise ValueError(
+            f"resolution must be an int in 1..{smallest_side} (no larger than either CAM's height "
+            f"or width), got {resolution!r} for student_cams {tuple(student_cams.shape)} and "
+            f"teacher_cams {tuple(teacher_cams.shape)}"
+        )
+    if normalize not in NORMALIZE:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {NORMALIZE}")
+    if binarize not in BINARIZE:
+        raise ValueError(f"unknown binarize {binarize!r}; valid: {BINARIZE}")
+    selection = _parse_classes(classes, teacher_cams.shape)
+
+    student_cams = _at_least_float32(student_cams)
+    teacher_cams = _at_least_float32(teacher_cams.detach())
+    teacher_scores = teacher_cams.mean(dim=(2, 3))  # (N, K): the teacher's logits without bias
+
+    if binarize is not None:
+        source = teacher_cams.abs() if binarize == "mean_abs" else teacher_cams
+        threshold = source.mean(dim=(2, 3), keepdim=True)
+        teacher_cams = (teacher_cams > threshold).to(teacher_cams.dtype)
+
+    pooled = []
+    for cams in (student_cams, teacher_cams):
+        cams = F.adaptive_avg_pool2d(cams, resolution).flatten(2)  # (N, K, r*r)
+        if normalize is not None:
+            norm_order = 2 if normalize == "l2" else 1
+            cams = cams / cams.norm(p=norm_order, dim=2, keepdim=True).clamp_min(_EPS)
+        pooled.append(cams)
+    student_maps, teacher_maps = pooled
+
+    if selection is not None:
+        which, n = selection
+        kept = teacher_scores.topk(n, dim=1, largest=which == "top").indices  # (N, n)
+        kept = kept.unsqueeze(2).expand(-1, -1, student_maps.shape[2])
+        student_maps, teacher_maps = student_maps.gather(1, kept), teacher_maps.gather(1, kept)
+
+    return (student_maps - teacher_maps).pow(2).mean()
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """Hinton's KD: T^2 * KL(teacher || student) of the T-softened (N, K) logits.
+
+    Summed over the K classes, averaged over the N samples; a scalar.
+    """
+    _check_logits(student_logits, teacher_logits)
+    student_log_probs = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
+    teacher_logits = _at_least_float32(teacher_logits.detach())
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=1)
+    return _kl_per_batch(teacher_log_probs, student_log_probs) * temperature**2
+
+
+def _binary_and_other_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Split (N, K) logits at the (N,) target classes.
+
+    Returns the (N, 2) log-probabilities of (target, any non-target) and the (N, K-1)
+    log-probabilities among the non-target classes alone. The target logit is dropped (gathered
+    around) rather than masked with a large negative number, so the result is exact for any logit
+    scale; log(1 - p_target) is taken in log space, so it stays finite when p_target is near 1.
+    """
+    targets = targets.long().unsqueeze(1)  # (N, 1)
+    other_classes = torch.arange(logits.shape[1] - 1, device=logits.device).unsqueeze(0)
+    other_classes = other_classes + (other_classes >= targets).long()  # (N, K-1): skips target
+    other_logits = logits.gather(1, other_classes)
+    binary_logits = torch.cat(
+        [logits.gather(1, targets), other_logits.logsumexp(dim=1, keepdim=True)], dim=1
+    )
+    return F.log_softmax(binary_logits, dim=1), F.log_softmax(other_logits, dim=1)
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Decoupled KD: alpha * TCKD + beta * NCKD, both at temperature T and times T^2.
+
+    Args:
+        student_logits, teacher_logits: (N, K) logits, K >= 2.
+        targets: (N,) integer class labels in 0..K-1.
+
+    TCKD is KL(teacher || student) of the binary (target, all non-target) distributions; NCKD is
+    KL(teacher || student) of the distributions over the K-1 non-target classes. Each is summed
+    over its classes and averaged over the batch. Returns a scalar.
+    """
+    _check_logits(student_logits, teacher_logits)
+    if student_logits.shape[1] < 2 or targets.shape != student_logits.shape[:1]:
+        raise ValueError(
+            f"dkd_loss needs (N, K) logits with K >= 2 and (N,) targets, got logits of shape "
+            f"{tuple(student_logits.shape)} and targets of shape {tuple(targets.shape)}"
+        )
+    student_binary, student_other = _binary_and_other_log_probs(
+        _at_least_float32(student_logits) / temperature, targets
+    )
+    teacher_binary, teacher_other = _binary_and_other_log_probs(
+        _at_least_float32(teacher_logits.detach()) / temperature, targets
+    )
+    tckd = _kl_per_batch(teacher_binary, student_binary)
+    nckd = _kl_per_batch(teacher_other, student_other)
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def _attention_map(features: torch.Tensor, p: float) -> torch.Tensor:
+    """(N, C, H, W) features -> (N, H*W) L2-normalised map of mean_c |f|^p."""
+    return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_loss(
+    student_features: Sequence[torch.Tensor],
+    teacher_features: Sequence[torch.Tensor],
+    p: Union[int, float] = 2,
+) -> torch.Tensor:
+    """Attention transfer, summed over stages.
+
+    Args:
+        student_features, teacher_features: one (N, C_i, H_i, W_i) feature map per stage, in the
+            same order; the channel counts may differ between student and teacher.
+        p: exponent of the attention map mean_c |f|^p (|f|^p = f^p for p = 2).
+
+    Where the spatial sizes of a stage differ, the larger feature map (not its attention map) is
+    adaptively average pooled to the smaller size before its attention map is computed. Per
+    stage: the mean over batch and positions of the squared difference of the L2-normalised
+    attention maps. Returns the scalar sum over stages.
+    """
+    if len(student_features) != len(teacher_features) or len(student_features) == 0:
+        raise ValueError(
+            "student_features and teacher_features need the same, non-zero number of stages, got "
+            f"{len(student_features)} and {len(teacher_features)}"
+        )
+    total = 0.0
+    for stage, (student, teacher) in enumerate(zip(student_features, teacher_features)):
+        _check_4d(f"student_features[{stage}]", student)
+        _check_4d(f"teacher_features[{stage}]", teacher)
+        if student.shape[0] != teacher.shape[0]:
+            raise ValueError(
+                f"stage {stage}: student and teacher batch sizes differ, got shapes "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+            )
+        # Pool both to the smaller height and the smaller width (a no-op on the smaller map).
+        common_size = tuple(map(min, student.shape[2:], teacher.shape[2:]))
+        student = F.adaptive_avg_pool2d(_at_least_float32(student), common_size)
+        teacher = F.adaptive_avg_pool2d(_at_least_float32(teacher.detach()), common_size)
+        total = total + (_attention_map(student, p) - _attention_map(teacher, p)).pow(2).mean()
+    return total

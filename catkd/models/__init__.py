@@ -1,0 +1,26 @@
+"""The model zoo.
+
+CIFAR models (32x32 inputs) carry the parameter names and shapes of the published CIFAR-100
+teacher checkpoints, so those load with ``strict=True``. ImageNet models are prefixed
+``imagenet_``. Every model follows the convention of ``catkd.models.base``.
+
+>>> from catkd import models
+>>> model = models.create("resnet8x4", num_classes=100)
+>>> model.forward_features(torch.zeros(2, 3, 32, 32)).shape
+torch.Size([2, 256, 8, 8])
+"""
+
+from catkd.models import (  # noqa: F401  (importing a module registers its models)
+    cifar_imagenet_resnet,
+    cifar_resnet,
+    imagenet,
+    mobilenet_v2,
+    shufflenet,
+    vgg,
+    wrn,
+)
+from catkd.models.base import GAPClassifier
+from catkd.models.checkpoint import load_checkpoint
+from catkd.models.registry import create, names, register
+
+__all__ = ["GAPClassifier", "create", "load_checkpoint", "names", "register"]

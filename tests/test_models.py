@@ -1,0 +1,71 @@
+"""The zoo against the published CIFAR-100 teacher checkpoints' parameter names and shapes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from catkd import models
+
+SHAPES = json.loads((Path(__file__).parent / "cifar100_teacher_state_dict_shapes.json").read_text())
+
+# Parameter counts (millions, 100 classes) and CAM sizes on 32x32 inputs, from the paper's
+# reference material (shared/reference/README.md).
+PARAMS_M = {
+    "resnet8x4": 1.234, "resnet32x4": 7.434, "wrn_40_2": 2.255, "resnet20": 0.278,
+    "resnet56": 0.862, "resnet110": 1.737, "vgg13": 9.462, "vgg8": 3.965, "ResNet50": 23.705,
+    "ShuffleV1": 0.949, "ShuffleV2": 1.356, "MobileNetV2": 0.813, "wrn_16_2": 0.703,
+    "wrn_40_1": 0.570,
+}
+CAM_SIZE = {name: 8 for name in SHAPES if name.startswith(("resnet", "wrn"))}
+CAM_SIZE.update({name: 4 for name in SHAPES if name.startswith(("vgg", "Shuffle", "ResNet"))})
+CAM_SIZE["MobileNetV2"] = 2
+
+
+def test_zoo_has_every_checkpoint_name():
+    missing = set(SHAPES) - set(models.names())
+    assert not missing, f"zoo lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_state_dict_matches_checkpoint(name):
+    model = models.create(name, num_classes=100)
+    shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert list(shapes) == list(SHAPES[name])  # same keys, same order
+    assert shapes == SHAPES[name]
+    # A checkpoint with these keys and shapes loads strictly.
+    fake_checkpoint = {key: torch.zeros(shape) for key, shape in SHAPES[name].items()}
+    model.load_state_dict(fake_checkpoint, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_M))
+def test_parameter_count_matches_paper(name):
+    model = models.create(name, num_classes=100)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert round(count, 3) == PARAMS_M[name]
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_forward_convention(name):
+    model = models.create(name, num_classes=7, in_channels=1).eval()
+    images = torch.randn(2, 1, 32, 32)
+    features = model.forward_features(images)
+    size = CAM_SIZE[name]
+    assert features.shape[0] == 2 and features.shape[2:] == (size, size)
+    classifier = model.get_classifier()
+    assert isinstance(classifier, nn.Linear) and classifier.in_features == features.shape[1]
+    with torch.no_grad():
+        logits = model(images)
+        by_hand = features.mean(dim=(2, 3)) @ classifier.weight.T + classifier.bias
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(model.forward_head(features), logits)
+    torch.testing.assert_close(by_hand, logits, atol=1e-5, rtol=1e-5)
+    for stage in model.stages:
+        model.get_submodule(stage)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'resnet9'.*resnet8x4"):
+        models.create("resnet9")
