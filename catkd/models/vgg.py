@@ -37,7 +37,8 @@ def _block(in_channels: int, width: int, num_convs: int) -> nn.Sequential:
 class VGG(GAPClassifier):
     """VGG with ``convs_per_block[i]`` convs in block i; features (N, 512, H/8, W/8) at 32x32."""
 
-    stages = ("block0", "block1", "block2", "block3", "block4")
+    # Block 0 plays the part of a stem (AT and the other feature methods skip stems).
+    stages = ("block1", "block2", "block3", "block4")
 
     def __init__(
         self, convs_per_block: tuple[int, ...], num_classes: int, in_channels: int

@@ -1,0 +1,66 @@
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017), with mdistiller's weight."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from catkd.losses import at_loss
+from catkd.methods.base import Method
+
+
+class StageRecorder:
+    """Forward hooks on ``model.stages`` that keep each stage's latest output feature map."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stages: tuple[str, ...] = tuple(model.stages)
+        self._outputs: dict[str, torch.Tensor] = {}
+        for stage in self.stages:
+            model.get_submodule(stage).register_forward_hook(partial(self._record, stage))
+
+    def _record(self, stage: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._outputs[stage] = output
+
+    def pop(self) -> list[torch.Tensor]:
+        """The (N, C_i, H_i, W_i) stage maps of the last forward, shallow to deep; then forgets
+        them, so that no batch's maps (and autograd graph) outlive their use."""
+        return [self._outputs.pop(stage) for stage in self.stages]
+
+
+class AT(Method):
+    """``ce_weight`` * CE + ``at_weight`` * attention transfer over the paired stages.
+
+    Stage i of the student is paired with stage i of the teacher (``model.stages``, shallow to
+    deep). Terms: ``ce``, ``at``.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
+                 at_weight: float = 1000.0, p: float = 2) -> None:
+        super().__init__(student, teacher)
+        student_stages = tuple(getattr(student, "stages", ()))
+        teacher_stages = tuple(getattr(teacher, "stages", ()))
+        if not student_stages or len(student_stages) != len(teacher_stages):
+            raise ValueError(
+                f"AT pairs stages one to one: student {type(student).__name__} has stages "
+                f"{student_stages}, teacher {type(teacher).__name__} has {teacher_stages}")
+        self.student_stages = StageRecorder(student)
+        self.teacher_stages = StageRecorder(teacher)
+        self.ce_weight = ce_weight
+        self.at_weight = at_weight
+        self.p = p
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(N, C, H, W) images, (N,) labels -> (N, K) logits, {"ce", "at"}."""
+        logits = self.student(images)
+        with torch.no_grad():
+            self.teacher(images)
+        attention = at_loss(self.student_stages.pop(), self.teacher_stages.pop(), self.p)
+        return logits, {
+            "ce": self.ce_weight * F.cross_entropy(logits, labels),
+            "at": self.at_weight * attention,
+        }

@@ -1,0 +1,78 @@
+"""Class attention transfer (paper Section 3.2) and CAT-KD (Section 3.3, Eq. 6).
+
+Both models are converted once (``catkd.cam.convert``, Figure 1) so that the student's forward
+pass yields its CAMs; the teacher's CAMs come from its converted forward without autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from catkd.cam import CAMModel, convert
+from catkd.losses import cat_loss
+from catkd.methods.base import Method
+
+
+class CAT(Method):
+    """Label-free class attention transfer: ``beta`` * L_CAT(student CAMs, teacher CAMs) alone.
+
+    Neither the labels nor any logits reach the loss: the student learns from the teacher's
+    CAMs only (the paper's setting for Section 4.2). ``resolution``, ``normalize``,
+    ``binarize`` and ``classes`` are those of ``catkd.losses.cat_loss``. Term: ``cat``.
+    """
+
+    student_cam_model: CAMModel
+    teacher_cam_model: CAMModel
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 50.0,
+                 resolution: int = 2, normalize: str | None = "l2", binarize: str | None = None,
+                 classes: tuple[str, int] | None = None) -> None:
+        super().__init__(student, teacher)
+        # Plain attributes (``__dict__``), not submodules: the converted models share every
+        # parameter with the registered student and teacher, so registering them would put each
+        # weight in the state_dict twice.
+        self.__dict__.update(student_cam_model=convert(student), teacher_cam_model=convert(teacher))
+        self.beta = beta
+        self.resolution = resolution
+        self.normalize = normalize
+        self.binarize = binarize
+        self.classes = classes
+
+    def logits_and_cat(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) images -> the student's (N, K) logits and the weighted CAT term."""
+        logits, student_cams = self.student_cam_model(images)  # CAMs: (N, K, H_s, W_s)
+        with torch.no_grad():
+            _, teacher_cams = self.teacher_cam_model(images)  # (N, K, H_t, W_t)
+        transfer = cat_loss(student_cams, teacher_cams, self.resolution, self.normalize,
+                            self.binarize, self.classes)
+        return logits, self.beta * transfer
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(N, C, H, W) images; labels unused -> (N, K) logits (for accuracy only), {"cat"}."""
+        logits, transfer = self.logits_and_cat(images)
+        return logits, {"cat": transfer}
+
+
+class CATKD(CAT):
+    """CAT-KD (Eq. 6): ``ce_weight`` * CE + ``beta`` * L_CAT. Terms: ``ce``, ``cat``.
+
+    Defaults are the resnet32x4 -> resnet8x4 setting: beta 15, r 2, no normalisation.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
+                 beta: float = 15.0, resolution: int = 2, normalize: str | None = None,
+                 binarize: str | None = None, classes: tuple[str, int] | None = None) -> None:
+        super().__init__(student, teacher, beta=beta, resolution=resolution,
+                         normalize=normalize, binarize=binarize, classes=classes)
+        self.ce_weight = ce_weight
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(N, C, H, W) images, (N,) labels -> (N, K) logits, {"ce", "cat"}."""
+        logits, transfer = self.logits_and_cat(images)
+        return logits, {"ce": self.ce_weight * F.cross_entropy(logits, labels), "cat": transfer}

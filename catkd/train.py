@@ -1,0 +1,419 @@
+"""The training engine: ``fit(config)`` trains a teacher or a student and returns its run.
+
+One loop serves every method (``catkd.methods``): the method turns a batch into named loss
+terms, the loop sums and optimises them, evaluates the student every epoch and writes the run
+folder:
+
+    runs/<name>/config.yaml      the resolved config
+    runs/<name>/environment.json versions, device, world size
+    runs/<name>/metrics.jsonl    one line per epoch: lr, each loss term, train/test accuracy
+    runs/<name>/last.pt          the full resume state, written atomically every epoch
+    runs/<name>/best.pt          {"model": state_dict} of the best epoch
+    runs/<name>/summary.json     best_acc, last_acc, epochs, seconds, ... (when finished)
+
+A run folder is identified by its config: ``fit`` on a config whose folder holds a finished
+run returns it without training; an unfinished one is resumed from ``last.pt``; a folder made
+by a different config is an error. Under ``torchrun`` the loop runs as DDP (NCCL on GPUs, gloo
+on CPUs): each rank trains on its shard, metrics are summed over ranks, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+from catkd import __version__, config as configs, data, methods, models
+
+SUMMARY = "summary.json"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, resolved config and summary."""
+
+    path: Path
+    config: dict
+    summary: dict
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Run":
+        path = Path(path)
+        if not (path / SUMMARY).is_file():
+            raise FileNotFoundError(f"{path} holds no finished run (no {SUMMARY})")
+        return cls(path, configs.load_file(path / "config.yaml"),
+                   json.loads((path / SUMMARY).read_text()))
+
+    def metrics(self) -> list[dict]:
+        """The per-epoch metrics, one dict per epoch."""
+        return _read_metrics(self.path / "metrics.jsonl")
+
+    def model(self, which: str = "last") -> nn.Module:
+        """The trained student ("last" or "best" epoch), on the CPU, in eval mode."""
+        shape = (self.summary["num_classes"], self.summary["in_channels"])
+        student = build_student(self.config, shape)
+        checkpoint = self.path / (LAST if which == "last" else BEST)
+        return models.load_checkpoint(student, checkpoint).eval()
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world_size
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _environment(device: torch.device, world_size: int) -> dict:
+    return {
+        "catkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "platform": platform.platform(),
+        "device": str(device), "device_name": (torch.cuda.get_device_name(device)
+                                                if device.type == "cuda" else platform.processor()),
+        "world_size": world_size, "threads": torch.get_num_threads(),
+    }
+
+
+def progress(iterable, **kwargs) -> Iterator:
+    # disable=None: bars only on a terminal, so logs and papermill stay quiet.
+    return tqdm(iterable, disable=None, leave=False, dynamic_ncols=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- data and models
+
+def _datasets(config: dict) -> tuple[data.ImageDataset, data.ImageDataset]:
+    spec = config["data"]
+    train_set = data.load(spec["dataset"], "train", spec["root"])
+    test_set = data.load(spec["dataset"], "test", spec["root"])
+    if spec["classes"] is not None:
+        train_set = data.keep_classes(train_set, spec["classes"])
+    if spec["fraction"] < 1:
+        train_set = data.keep_fraction(train_set, spec["fraction"], seed=config["seed"])
+    return train_set, test_set
+
+
+def build_student(config: dict, shape: tuple[int, int]) -> nn.Module:
+    num_classes, in_channels = shape
+    return models.create(config["student"], num_classes=num_classes, in_channels=in_channels)
+
+
+def teacher_config(config: dict) -> dict:
+    """The config that trains the teacher a distillation config asks for.
+
+    The teacher sees the whole training set (reductions apply to the student only), seed 0 and
+    the student's recipe with ``teacher.epochs``. Its run folder sits beside the student's, so
+    ``python -m catkd teacher`` with the same data and recipe makes the same run.
+    """
+    return configs.resolve({
+        "out": config["out"],
+        "method": "ce",
+        "student": config["teacher"]["model"],
+        "data": {**config["data"], "classes": None, "fraction": 1.0},
+        "optim": {**config["optim"],
+                  "epochs": config["teacher"]["epochs"] or config["optim"]["epochs"]},
+        "seed": 0,
+        "runtime": config["runtime"],
+    })
+
+
+def load_teacher(config: dict, shape: tuple[int, int]) -> nn.Module:
+    """The teacher of a distillation config: from ``teacher.checkpoint``, or trained here."""
+    spec = config["teacher"]
+    if spec["checkpoint"]:
+        teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
+        return models.load_checkpoint(teacher, spec["checkpoint"])
+    return fit(teacher_config(config)).model()
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _optimizer_and_schedule(parameters, spec: dict, steps_per_epoch: int):
+    optimizer = torch.optim.SGD(parameters, lr=spec["lr"], momentum=spec["momentum"],
+                                weight_decay=spec["weight_decay"])
+    if spec["schedule"] == "onecycle":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=spec["lr"], epochs=spec["epochs"], steps_per_epoch=steps_per_epoch)
+    else:
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, spec["milestones"],
+                                                        spec["gamma"])
+    return optimizer, schedule
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
+             bf16: bool = False) -> dict:
+    """Top-1 and top-5 accuracy (%) and per-class top-1 accuracy of ``model`` on ``loader``.
+
+    Under DDP each rank evaluates its shard and the counts are summed over ranks.
+    """
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(num_classes, device=device)
+    seen = torch.zeros(num_classes, device=device)
+    correct_top5 = torch.zeros((), device=device)
+    top_k = min(5, num_classes)
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, bf16):
+            logits = model(images)
+        ranked = logits.float().topk(top_k, dim=1).indices  # (N, top_k)
+        hits = ranked[:, 0] == labels
+        correct.index_add_(0, labels, hits.float())
+        seen.index_add_(0, labels, torch.ones_like(hits, dtype=torch.float))
+        correct_top5 += (ranked == labels[:, None]).any(dim=1).sum()
+    model.train(was_training)
+    counts = _all_reduce(torch.cat([correct, seen, correct_top5[None]])).cpu()
+    correct, seen, correct_top5 = counts[:num_classes], counts[num_classes:-1], counts[-1]
+    per_class = torch.where(seen > 0, 100 * correct / seen.clamp_min(1), torch.nan)
+    return {"top1": 100 * correct.sum().item() / seen.sum().item(),
+            "top5": 100 * correct_top5.item() / seen.sum().item(),
+            "per_class": per_class.tolist()}
+
+
+def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: int):
+    spec, runtime = config["data"], config["runtime"]
+    if spec["dataset"] == "imagenet":
+        return tuple(data.imagenet_loader(split, spec["batch_size"], spec["root"],
+                                          runtime["workers"], rank, world_size, config["seed"])
+                     for split in ("train", "test"))
+    common = dict(batch_size=spec["batch_size"], device=device, seed=config["seed"],
+                  rank=rank, world_size=world_size, channels_last=runtime["channels_last"])
+    train_loader = data.BatchLoader(train_set, train=True, crop_padding=spec["crop_padding"],
+                                    flip=spec["flip"], **common)
+    test_loader = data.BatchLoader(test_set, train=False, **common)
+    return train_loader, test_loader
+
+
+def fit(config: dict | str | os.PathLike | None = None, overrides=(),
+        quiet: bool = False) -> Run:
+    """Train what ``config`` describes (a dict or YAML path, plus ``key=value`` overrides).
+
+    Returns the finished ``Run``. A finished run with the same config is returned as it is; an
+    unfinished one resumes from its last epoch.
+    """
+    config = configs.resolve(config, overrides)
+    rank, world_size = _distributed()
+    path = Path(config["out"]) / configs.run_name(config)
+    finished = _existing_run(path, config)
+    if finished is not None:
+        return finished
+    runtime = config["runtime"]
+    device = _device(runtime["device"])
+
+    def log(message: str) -> None:
+        if not quiet and rank == 0:
+            print(message, flush=True)
+
+    if config["data"]["dataset"] == "imagenet":
+        train_set, test_set, shape = None, None, (1000, 3)
+    else:
+        train_set, test_set = _datasets(config)
+        shape = (test_set.num_classes, test_set.in_channels)
+    teacher = load_teacher(config, shape) if config["teacher"]["model"] else None
+    # Seeded after the teacher so that the student's initialisation does not depend on whether
+    # the teacher was trained in this process or loaded.
+    _seed_everything(config["seed"], runtime["deterministic"])
+    student = build_student(config, shape)
+    method = methods.create(config["method"], student, teacher, **config["loss"]).to(device)
+    memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
+    if runtime["channels_last"]:
+        method = method.to(memory_format=torch.channels_last)
+    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size)
+    if len(train_loader) == 0:
+        raise ValueError(f"each rank's share of the training set is smaller than one batch of "
+                         f"data.batch_size={config['data']['batch_size']}")
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
+    step = method
+    if world_size > 1:
+        # static_graph: the same parameters are used every step; CAT leaves the FC bias unused.
+        step = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            static_graph=True)
+    if runtime["compile"]:
+        step = torch.compile(step)
+
+    start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
+    if (path / LAST).is_file():
+        state = torch.load(path / LAST, map_location=device, weights_only=False)
+        student.load_state_dict(state["model"])
+        method.load_extra_state_dict(state["extras"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        seconds, evaluation = state["seconds"], state["evaluation"]
+        _set_rng_state(state["rng"])
+        log(f"resuming {path} after epoch {start_epoch}")
+    if rank == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text(configs.dump(config))
+        (path / "environment.json").write_text(json.dumps(_environment(device, world_size),
+                                                          indent=1))
+        # Epochs after the last checkpoint were lost with the process that ran them.
+        kept = [row for row in _read_metrics(path / "metrics.jsonl") if row["epoch"] <= start_epoch]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+    log(f"run folder: {path}")
+
+    num_classes = shape[0]
+    epochs = config["optim"]["epochs"]
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        elif hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        method.train()
+        lr = optimizer.param_groups[0]["lr"]
+        totals: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for images, labels in progress(train_loader, desc=f"epoch {epoch + 1}/{epochs}"):
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(device, runtime["bf16"]):
+                logits, losses = step(images, labels, epoch)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if config["optim"]["schedule"] == "onecycle":
+                schedule.step()
+            for term, value in losses.items():
+                totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            seen += len(labels)
+        if config["optim"]["schedule"] == "step":
+            schedule.step()
+        terms = list(totals)
+        sums = _all_reduce(torch.stack([*totals.values(), correct,
+                                        torch.tensor(float(seen), device=device)])).tolist()
+        seen_all = sums[-1]
+        evaluation = evaluate(student, test_loader, num_classes, device, runtime["bf16"])
+        seconds += time.perf_counter() - started
+        row = {"epoch": epoch + 1, "lr": lr,
+               **{f"loss_{term}": total / seen_all for term, total in zip(terms, sums)},
+               "loss": sum(sums[:len(terms)]) / seen_all, "train_acc": 100 * sums[-2] / seen_all,
+               "test_acc": evaluation["top1"], "test_top5": evaluation["top5"],
+               "seconds": time.perf_counter() - started}
+        if evaluation["top1"] > best_acc:
+            best_acc, best_epoch = evaluation["top1"], epoch + 1
+            if rank == 0:
+                atomic_save({"model": student.state_dict(), "epoch": epoch + 1}, path / BEST)
+        if rank == 0:
+            with open(path / "metrics.jsonl", "a") as metrics_file:
+                metrics_file.write(json.dumps(row) + "\n")
+            atomic_save({"model": student.state_dict(), "extras": method.extra_state_dict(),
+                          "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                          "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch,
+                          "seconds": seconds, "evaluation": evaluation, "rng": _rng_state()},
+                         path / LAST)
+        log(f"epoch {epoch + 1}/{epochs}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%"
+            f"  test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
+
+    summary = {"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": evaluation["top1"],
+               "last_top5": evaluation["top5"], "epochs": epochs, "seconds": seconds,
+               "per_class_acc": evaluation["per_class"],
+               "num_classes": shape[0], "in_channels": shape[1],
+               "image_size": test_set.image_size if test_set else 224,
+               "student_parameters": sum(p.numel() for p in student.parameters())}
+    if rank == 0:
+        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
+    if dist.is_initialized():
+        dist.barrier()
+    log(f"best {best_acc:.2f}% (epoch {best_epoch}), last {summary['last_acc']:.2f}%: {path}")
+    return Run(path, config, summary)
+
+
+def _existing_run(path: Path, config: dict) -> Run | None:
+    """The finished run in ``path`` if there is one; an error if ``path`` holds another config."""
+    if not (path / "config.yaml").is_file():
+        return None
+    existing = configs.load_file(path / "config.yaml")
+    if configs.identity(existing) != configs.identity(config):
+        raise ValueError(f"{path} holds a run of a different config; choose another name or "
+                         f"out folder (its config: {path / 'config.yaml'})")
+    if (path / SUMMARY).is_file():
+        return Run.open(path)
+    return None
+

@@ -1,0 +1,69 @@
+"""Configs: files with a base, dotted overrides, and errors for anything mistyped."""
+
+import pytest
+
+from catkd import config
+
+
+def test_defaults_are_the_papers_cifar_recipe():
+    resolved = config.resolve()
+    assert resolved["optim"] == {"epochs": 240, "lr": 0.05, "momentum": 0.9,
+                                 "weight_decay": 5e-4, "schedule": "step",
+                                 "milestones": [150, 180, 210], "gamma": 0.1}
+    assert resolved["data"]["batch_size"] == 64 and resolved["data"]["dataset"] == "cifar100"
+
+
+def test_file_with_base_and_overrides(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("optim:\n  epochs: 30\n  lr: 0.1\ndata:\n  flip: false\n")
+    (tmp_path / "run.yaml").write_text(
+        "base: recipe.yaml\nmethod: catkd\nstudent: resnet8\nteacher:\n  model: resnet20\n"
+        "loss:\n  beta: 15\noptim:\n  lr: 0.05\n")
+    resolved = config.resolve(tmp_path / "run.yaml",
+                              ["optim.milestones=[10, 20]", "loss.normalize=l2", "seed=3"])
+    assert resolved["optim"]["epochs"] == 30 and resolved["optim"]["lr"] == 0.05
+    assert resolved["optim"]["milestones"] == [10, 20] and resolved["seed"] == 3
+    assert resolved["data"]["flip"] is False
+    assert resolved["loss"] == {"beta": 15, "normalize": "l2"}
+    assert resolved["teacher"] == {"model": "resnet20", "checkpoint": None, "epochs": None}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lrr=0.1"], r"unknown config key 'optim.lrr' \(did you mean 'lr'\?\)"),
+    (["epochs=3"], "unknown config key 'epochs'"),
+    (["method=catkd", "teacher.model=resnet20", "loss.betta=3"],
+     r"unknown setting loss.betta for method 'catkd' \(did you mean 'beta'\?\)"),
+    (["method=kdd"], "unknown method 'kdd'; valid methods: at, cat, catkd, ce, dkd, kd"),
+    (["method=kd"], "set teacher.model"),
+    (["teacher.model=resnet20"], "trains without a teacher"),
+    (["teacher=resnet20"], "is a section"),
+    (["data.fraction=1.5"], r"data.fraction must be in \(0, 1\]"),
+    (["optim.schedule=cosine"], "valid: step, onecycle"),
+    (["optim.epochs=0"], "optim.epochs must be a positive integer"),
+    (["optim.lr"], "an override is key=value"),
+])
+def test_mistakes_are_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.resolve(None, overrides)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        config.resolve(tmp_path / "nope.yaml")
+
+
+def test_run_identity_ignores_execution_keys_only():
+    base = config.resolve(None, ["seed=1"])
+    same = config.resolve(None, ["seed=1", "runtime.device=cpu", "out=/tmp/elsewhere"])
+    other = config.resolve(None, ["seed=2"])
+    assert config.run_name(base) == config.run_name(same) != config.run_name(other)
+    assert config.run_name(base).startswith("ce_resnet8x4_cifar100_seed1_")
+
+
+def test_every_shipped_config_resolves():
+    from pathlib import Path
+
+    shipped = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+    assert len(shipped) > 60
+    for path in shipped:
+        if path.name != "recipe.yaml":
+            config.resolve(path)
