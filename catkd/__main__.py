@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EPILOG = """\
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"best {run.summary['best_acc']:.2f}%, last {run.summary['last_acc']:.2f}%")
-    print(f"run folder: {run.path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"best {run.summary['best_acc']:.2f}%, last {run.summary['last_acc']:.2f}%")
+        print(f"run folder: {run.path}")
     return 0
 
 

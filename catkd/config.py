@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from catkd import methods
+from catkd import data, methods, models
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # run folder name under `out`; None: made from the method, models and a hash
@@ -150,6 +150,13 @@ def resolve(config: dict | str | PathLike | None = None,
 
 
 def _check(config: dict) -> None:
+    for key, name in (("student", config["student"]), ("teacher.model", config["teacher"]["model"])):
+        if name is not None and name not in models.names():
+            raise ValueError(f"unknown model {key}={name!r}; valid names: "
+                             f"{', '.join(models.names())}")
+    if config["data"]["dataset"] not in data.names():
+        raise ValueError(f"unknown dataset data.dataset={config['data']['dataset']!r}; valid "
+                         f"names: {', '.join(data.names())}")
     method = config["method"]
     if method not in methods.names():
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(methods.names())}")

@@ -105,8 +105,10 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    # numpy's key array is stored as a tensor so that torch.load(weights_only=True) can read it.
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (name, torch.from_numpy(keys), position, has_gauss, cached_gaussian)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -114,7 +116,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy(), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -316,7 +319,7 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
 
     start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
     if (path / LAST).is_file():
-        state = torch.load(path / LAST, map_location=device, weights_only=False)
+        state = torch.load(path / LAST, map_location=device, weights_only=True)
         student.load_state_dict(state["model"])
         method.load_extra_state_dict(state["extras"])
         optimizer.load_state_dict(state["optimizer"])

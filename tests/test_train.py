@@ -1,0 +1,176 @@
+"""The training engine on real data (scikit-learn's digits: 1437 8x8 training images)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from catkd import data, methods, models, train
+
+TINY = ["data.dataset=digits", "data.batch_size=32", "data.crop_padding=1", "student=resnet8",
+        "optim.epochs=2", "optim.milestones=[1]", "runtime.device=cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny(tmp_path, *overrides):
+    return [*TINY, f"out={tmp_path}", *overrides]
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path):
+    run = train.fit(None, tiny(tmp_path), quiet=True)
+    files = {path.name for path in run.path.iterdir()}
+    assert {"config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt",
+            "summary.json"} <= files
+    rows = run.metrics()
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"lr", "loss", "loss_ce", "train_acc", "test_acc", "test_top5"} <= set(rows[0])
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["last_acc"] == rows[-1]["test_acc"]
+    assert summary["best_acc"] == max(row["test_acc"] for row in rows)
+    assert len(summary["per_class_acc"]) == 10
+    assert summary["last_acc"] > 30  # ten classes: chance is 10%
+    # The step schedule divided the LR at the milestone.
+    assert rows[1]["lr"] == pytest.approx(rows[0]["lr"] * 0.1)
+    # The saved student is the evaluated one.
+    test_set = data.load("digits", "test")
+    loader = data.BatchLoader(test_set, batch_size=100, train=False)
+    measured = train.evaluate(run.model(), loader, 10, torch.device("cpu"))
+    assert measured["top1"] == pytest.approx(summary["last_acc"])
+    environment = json.loads((run.path / "environment.json").read_text())
+    assert environment["torch"] == torch.__version__ and environment["world_size"] == 1
+
+
+def test_a_finished_run_is_returned_not_retrained(tmp_path, monkeypatch):
+    first = train.fit(None, tiny(tmp_path), quiet=True)
+    monkeypatch.setattr(methods, "create", lambda *args, **kwargs: pytest.fail("retrained"))
+    again = train.fit(None, tiny(tmp_path, "runtime.channels_last=true"), quiet=True)
+    assert again.path == first.path and again.summary == first.summary
+
+
+def test_a_named_folder_of_another_config_is_refused(tmp_path):
+    train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1"), quiet=True)
+    with pytest.raises(ValueError, match="holds a run of a different config"):
+        train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1", "seed=1"), quiet=True)
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "at", "cat", "catkd"])
+def test_distillation_trains_and_reuses_one_teacher(tmp_path, method):
+    run = train.fit(None, tiny(tmp_path, f"method={method}", "teacher.model=resnet14",
+                               "optim.epochs=1"), quiet=True)
+    terms = {key for key in run.metrics()[0] if key.startswith("loss_")}
+    expected = {"cat": {"loss_cat"}, "catkd": {"loss_ce", "loss_cat"}}.get(
+        method, {"loss_ce", f"loss_{method}"})
+    assert terms == expected
+    teachers = [path for path in tmp_path.iterdir() if path.name.startswith("ce_resnet14")]
+    assert len(teachers) == 1
+    train.fit(None, tiny(tmp_path, f"method={method}", "teacher.model=resnet14",
+                         "optim.epochs=1", "seed=1"), quiet=True)
+    assert [path for path in tmp_path.iterdir() if path.name.startswith("ce_resnet14")] == teachers
+
+
+def test_teacher_from_checkpoint(tmp_path):
+    teacher = models.create("resnet14", num_classes=10, in_channels=1)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "ckpt_epoch_240.pth")
+    run = train.fit(None, tiny(tmp_path, "method=catkd", "teacher.model=resnet14",
+                               f"teacher.checkpoint={tmp_path / 'ckpt_epoch_240.pth'}",
+                               "optim.epochs=1"), quiet=True)
+    assert not any(path.name.startswith("ce_") for path in tmp_path.iterdir())
+    assert run.summary["epochs"] == 1
+    wrong = models.create("resnet8", num_classes=10, in_channels=1)
+    torch.save({"model": wrong.state_dict()}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="missing: layer1.1.conv1.weight"):
+        train.fit(None, tiny(tmp_path, "method=catkd", "teacher.model=resnet14",
+                             f"teacher.checkpoint={tmp_path / 'wrong.pth'}"), quiet=True)
+
+
+def _metrics_without_timings(path):
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+
+def _train_command(tmp_path, name):
+    overrides = tiny(tmp_path, f"name={name}", "method=catkd", "teacher.model=resnet14",
+                     "teacher.epochs=1", "optim.epochs=5", "optim.milestones=[3]")
+    return [sys.executable, "-m", "catkd", "train", *overrides]
+
+
+def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
+    subprocess.run(_train_command(tmp_path, "whole"), env=ENV, check=True, capture_output=True)
+    killed = subprocess.Popen(_train_command(tmp_path, "killed"), env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and killed.poll() is None, "the run never got going"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists(), "killed too late to test resume"
+    resumed = subprocess.run(_train_command(tmp_path, "killed"), env=ENV, check=True,
+                             capture_output=True, text=True)
+    assert "resuming" in resumed.stdout
+    assert _metrics_without_timings(tmp_path / "killed") == _metrics_without_timings(
+        tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    again = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert again["best_acc"] == whole["best_acc"] and again["last_acc"] == whole["last_acc"]
+
+
+def test_ddp_under_torchrun_on_cpu(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "catkd", "train",
+               *tiny(tmp_path, "name=ddp", "method=kd", "teacher.model=resnet14",
+                     "teacher.epochs=1")]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("best ") == 3  # rank 0 alone: teacher, student, summary
+    run = train.Run.open(tmp_path / "ddp")
+    assert json.loads((run.path / "environment.json").read_text())["world_size"] == 2
+    assert [row["epoch"] for row in run.metrics()] == [1, 2]
+    # Accuracy was summed over both ranks' halves of the test set: it equals one process's
+    # evaluation of the saved student on the whole test set.
+    loader = data.BatchLoader(data.load("digits", "test"), batch_size=100, train=False)
+    measured = train.evaluate(run.model(), loader, 10, torch.device("cpu"))
+    assert measured["top1"] == pytest.approx(run.summary["last_acc"])
+
+
+def test_probe_trains_a_linear_head(tmp_path):
+    from catkd import probe
+
+    run = train.fit(None, tiny(tmp_path), quiet=True)
+    summary = probe.probe(run.path, "digits", recipe={"epochs": 3, "milestones": [2]})
+    assert summary["epochs"] == 3 and summary["feature_dim"] == 64
+    assert 10 < summary["last_acc"] <= 100
+    assert (run.path / "probe-digits" / "summary.json").is_file()
+    with pytest.raises(ValueError, match="unknown probe recipe keys"):
+        probe.probe(run.path, "digits", recipe={"epoch": 3})
+    with pytest.raises(ValueError, match="has 3 channels but the student was trained on 1"):
+        probe.probe(run.path, "synthetic")
+
+
+def test_command_line(tmp_path, capsys):
+    from catkd.__main__ import main
+
+    def catkd(*args):
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert "resnet8x4" in catkd("list", "models")[1].split()
+    assert "optim.lr=0.05" in catkd("list", "keys")[1].split()
+    with pytest.raises(SystemExit):
+        catkd("train", "--help")
+    assert "KEY=VALUE" in capsys.readouterr().out
+    code, _, err = catkd("train", *tiny(tmp_path, "optim.lrr=0.1"))
+    assert code == 2 and "did you mean 'lr'" in err
+    code, _, err = catkd("train", *tiny(tmp_path, "student=resnet9"))
+    assert code == 2 and "valid names:" in err and "resnet8x4" in err
+    code, _, err = catkd("train", *tiny(tmp_path, "data.dataset=mnist"))
+    assert code == 2 and "fashion-mnist" in err
+    code, out, _ = catkd("teacher", "resnet8", *tiny(tmp_path, "optim.epochs=1"))
+    assert code == 0 and f"run folder: {tmp_path}" in out
