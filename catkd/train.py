@@ -268,6 +268,39 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
     return train_loader, test_loader
 
 
+def _train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, schedule,
+                 epoch: int, device: torch.device, bf16: bool,
+                 memory_format: torch.memory_format, schedule_kind: str, desc: str) -> dict:
+    """One pass over ``loader``; returns each loss term's mean ("loss_<term>"), their sum
+    ("loss") and the training accuracy, averaged over every rank's samples."""
+    method.train()
+    totals: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen = 0
+    for images, labels in progress(loader, desc=desc):
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, bf16):
+            logits, losses = step(images, labels, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+        if schedule_kind == "onecycle":
+            schedule.step()
+        # Summed on the device: no synchronisation per batch.
+        for term, value in losses.items():
+            totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        seen += len(labels)
+    if schedule_kind == "step":
+        schedule.step()
+    sums = _all_reduce(torch.stack([*totals.values(), correct,
+                                    torch.tensor(float(seen), device=device)])).tolist()
+    *term_sums, correct_sum, seen_sum = sums
+    averages = {f"loss_{term}": total / seen_sum for term, total in zip(totals, term_sums)}
+    return {**averages, "loss": sum(term_sums) / seen_sum, "train_acc": 100 * correct_sum / seen_sum}
+
+
 def fit(config: dict | str | os.PathLike | None = None, overrides=(),
         quiet: bool = False) -> Run:
     """Train what ``config`` describes (a dict or YAML path, plus ``key=value`` overrides).
@@ -303,9 +336,6 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
     train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size)
-    if len(train_loader) == 0:
-        raise ValueError(f"each rank's share of the training set is smaller than one batch of "
-                         f"data.batch_size={config['data']['batch_size']}")
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
     step = method
@@ -338,47 +368,18 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
         (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
     log(f"run folder: {path}")
 
-    num_classes = shape[0]
     epochs = config["optim"]["epochs"]
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        elif hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        method.train()
+        train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        totals: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for images, labels in progress(train_loader, desc=f"epoch {epoch + 1}/{epochs}"):
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with _autocast(device, runtime["bf16"]):
-                logits, losses = step(images, labels, epoch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if config["optim"]["schedule"] == "onecycle":
-                schedule.step()
-            for term, value in losses.items():
-                totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += len(labels)
-        if config["optim"]["schedule"] == "step":
-            schedule.step()
-        terms = list(totals)
-        sums = _all_reduce(torch.stack([*totals.values(), correct,
-                                        torch.tensor(float(seen), device=device)])).tolist()
-        seen_all = sums[-1]
-        evaluation = evaluate(student, test_loader, num_classes, device, runtime["bf16"])
+        averages = _train_epoch(step, method, train_loader, optimizer, schedule, epoch, device,
+                                runtime["bf16"], memory_format, config["optim"]["schedule"],
+                                desc=f"epoch {epoch + 1}/{epochs}")
+        evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
-        row = {"epoch": epoch + 1, "lr": lr,
-               **{f"loss_{term}": total / seen_all for term, total in zip(terms, sums)},
-               "loss": sum(sums[:len(terms)]) / seen_all, "train_acc": 100 * sums[-2] / seen_all,
-               "test_acc": evaluation["top1"], "test_top5": evaluation["top5"],
-               "seconds": time.perf_counter() - started}
+        row = {"epoch": epoch + 1, "lr": lr, **averages, "test_acc": evaluation["top1"],
+               "test_top5": evaluation["top5"], "seconds": time.perf_counter() - started}
         if evaluation["top1"] > best_acc:
             best_acc, best_epoch = evaluation["top1"], epoch + 1
             if rank == 0:
