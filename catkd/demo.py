@@ -50,7 +50,7 @@ def main(out: str = "build/demo") -> dict:
     if largest_change > 1e-5:
         raise AssertionError(f"the conversion changed the logits by {largest_change:.2e}")
 
-    lines = ["| model | method | test accuracy (last epoch) | CAT loss to the teacher's CAMs |",
+    lines = ["| model | method | test accuracy (last epoch) | CAT loss to the teacher's CAMs (r 2, l2) |",
              "|---|---|---|---|",
              f"| resnet20 (teacher) | ce | {teacher_run.summary['last_acc']:.2f}% | 0 |"]
     lines += [f"| resnet8 | {name} | {run.summary['last_acc']:.2f}% | {distances[name]:.4f} |"
