@@ -28,7 +28,6 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quick"
 STUDENTS = ("ce", "cat", "catkd")
 
 
-@torch.no_grad()
 def main(out: str = "build/demo") -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,12 +40,15 @@ def main(out: str = "build/demo") -> dict:
     students = {name: cam.convert(run.model()) for name, run in student_runs.items()}
 
     largest_change, distances = 0.0, {name: 0.0 for name in STUDENTS}
-    for images, _ in loader:
-        teacher_logits, teacher_cams = teacher(images)
-        largest_change = max(largest_change,
-                             (teacher_logits - teacher.model(images)).abs().max().item())
-        for name, student in students.items():
-            distances[name] += losses.cat_loss(student(images)[1], teacher_cams).item() / len(loader)
+    with torch.no_grad():
+        _draw_cams(teacher, students["cat"], test_set, out_dir / "cams.png")
+        for images, _ in loader:
+            teacher_logits, teacher_cams = teacher(images)
+            largest_change = max(largest_change,
+                                 (teacher_logits - teacher.model(images)).abs().max().item())
+            for name, student in students.items():
+                distances[name] += (losses.cat_loss(student(images)[1], teacher_cams).item()
+                                    / len(loader))
     if largest_change > 1e-5:
         raise AssertionError(f"the conversion changed the logits by {largest_change:.2e}")
 
@@ -60,7 +62,6 @@ def main(out: str = "build/demo") -> dict:
         f"Converted teacher: largest change of a logit over the {len(test_set)} test images "
         f"{largest_change:.1e} (float32).", "", *lines, ""])
     (out_dir / "results.md").write_text(report)
-    _draw_cams(teacher, students["cat"], test_set, out_dir / "cams.png")
     print(report)
     print(f"written: {out_dir / 'results.md'}, {out_dir / 'cams.png'}")
     return {"largest_change": largest_change, "cat_distance": distances}

@@ -268,6 +268,7 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
     return train_loader, test_loader
 
 
+@torch.enable_grad()  # fit may be called under no_grad (a notebook cell, an evaluation helper)
 def _train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, schedule,
                  epoch: int, device: torch.device, bf16: bool,
                  memory_format: torch.memory_format, schedule_kind: str, desc: str) -> dict:

@@ -174,3 +174,9 @@ def test_command_line(tmp_path, capsys):
     assert code == 2 and "fashion-mnist" in err
     code, out, _ = catkd("teacher", "resnet8", *tiny(tmp_path, "optim.epochs=1"))
     assert code == 0 and f"run folder: {tmp_path}" in out
+
+
+def test_fit_trains_even_when_called_under_no_grad(tmp_path):
+    with torch.no_grad():
+        run = train.fit(None, tiny(tmp_path, "optim.epochs=1"), quiet=True)
+    assert run.summary["epochs"] == 1
