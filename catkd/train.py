@@ -136,12 +136,23 @@ def _read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _environment(device: torch.device, world_size: int) -> dict:
     return {
         "catkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "platform": platform.platform(),
-        "device": str(device), "device_name": (torch.cuda.get_device_name(device)
-                                                if device.type == "cuda" else platform.processor()),
+        "device": str(device), "device_name": device_name(device),
         "world_size": world_size, "threads": torch.get_num_threads(),
     }
 
@@ -217,6 +228,14 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (a GPU from Ampere on; a CPU with
+    AVX512-BF16 or AMX), where bf16 autocast speeds training up rather than down."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -269,7 +288,7 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
 
 
 @torch.enable_grad()  # fit may be called under no_grad (a notebook cell, an evaluation helper)
-def _train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, schedule,
+def train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, schedule,
                  epoch: int, device: torch.device, bf16: bool,
                  memory_format: torch.memory_format, schedule_kind: str, desc: str) -> dict:
     """One pass over ``loader``; returns each loss term's mean ("loss_<term>"), their sum
@@ -374,7 +393,7 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        averages = _train_epoch(step, method, train_loader, optimizer, schedule, epoch, device,
+        averages = train_epoch(step, method, train_loader, optimizer, schedule, epoch, device,
                                 runtime["bf16"], memory_format, config["optim"]["schedule"],
                                 desc=f"epoch {epoch + 1}/{epochs}")
         evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])

@@ -126,7 +126,15 @@ def test_ddp_under_torchrun_on_cpu(tmp_path):
                "--nproc_per_node=2", "-m", "catkd", "train",
                *tiny(tmp_path, "name=ddp", "method=kd", "teacher.model=resnet14",
                      "teacher.epochs=1")]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    # A session of its own, so that a hang kills the workers too, not only torchrun.
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("best ") == 3  # rank 0 alone: teacher, student, summary
     run = train.Run.open(tmp_path / "ddp")

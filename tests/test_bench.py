@@ -1,0 +1,26 @@
+"""The benchmark runs end to end and reports every figure (no timing is asserted)."""
+
+import json
+
+from catkd import bench
+
+
+def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    results = bench.bench("catkd", "resnet8", "resnet14", device="cpu", steps=2, warmup=1,
+                          workers=0, out=str(out))
+    assert json.loads(out.read_text()) == results
+    assert set(results["images_per_second"]) == {"authors", "fast"}
+    assert all(rate > 0 for rate in results["images_per_second"].values())
+    assert set(results["step_ms"]) == {"ce", "kd", "catkd"}
+    assert results["catkd_over_kd"] == results["step_ms"]["catkd"] / results["step_ms"]["kd"]
+    assert results["peak_memory_mb"] > 0
+    printed = capsys.readouterr().out
+    assert "authors' way" in printed and "catkd step / kd step" in printed
+
+
+def test_the_authors_pipeline_transforms_like_torchvision():
+    dataset = bench.cifar_shaped(4, num_classes=10)
+    image, label = bench._PILDataset(dataset)[0]
+    assert image.shape == (3, 32, 32) and image.dtype.is_floating_point
+    assert label == int(dataset.labels[0])
