@@ -1,6 +1,6 @@
 # Two commands from a fresh clone; each sets up .venv on first use.
 #   make test   the whole test suite
-#   make book   the main job (for now: the real-data demo of the conversion and the losses)
+#   make book   the main job: executes the notebooks (papermill, quick profile), builds the book
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,6 +8,10 @@ RUN := $(VENV)/bin/python
 # The torch pair known to install on the project's machines; override for another platform,
 # e.g. make test TORCH="torch==2.9.1 torchvision==0.24.1"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The book: every numbered notebook, executed with this profile (notebooks/profiles/) into
+# book/notebooks/, then rendered to book/_build/html. E.g. make book BOOK_PROFILE=smoke
+BOOK_PROFILE ?= quick
+BOOK_NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
 .PHONY: test book clean
 
@@ -21,7 +25,12 @@ test: $(VENV)/installed
 	$(RUN) -m pytest
 
 book: $(VENV)/installed
-	$(RUN) -m catkd.demo
+	mkdir -p book/notebooks
+	set -e; for notebook in $(BOOK_NOTEBOOKS); do \
+		$(VENV)/bin/papermill --no-progress-bar -f notebooks/profiles/$(BOOK_PROFILE).yaml \
+			$$notebook book/notebooks/$$(basename $$notebook); \
+	done
+	$(VENV)/bin/jupyter-book build book
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) book/_build book/notebooks

@@ -1,0 +1,231 @@
+"""Figures for the notebooks, and the two small helpers they need to feed them.
+
+Everything here returns a ``matplotlib.figure.Figure`` made without pyplot, so a notebook
+shows it once (as the cell's value) and nothing is left open; or, for ``cam_explorer``, an
+ipywidgets box that redraws a figure when a control changes.
+
+- ``pick(dataset, indices, device)``: test images as the model sees them and as a reader does.
+- ``batched(model, inputs)``: a model's outputs over many inputs, a batch at a time, no grad.
+- ``logit_check``: Eq. 1-4 on one image (bars) and over many (histogram of differences).
+- ``cam_grid``: Figure 2 style CAMs of chosen classes, one row per image and model.
+- ``cam_view`` / ``cam_explorer``: one image, one class, one or all models; the explorer
+  (live ipywidgets, or a static figure for batch runs).
+
+A "model output" is the pair ``(logits (N, K), cams (N, K, h, w))`` that a converted model
+(``catkd.cam.convert``) returns; figures take them in a dict keyed by the model's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from catkd import cam, data
+
+__all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer"]
+
+Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def pick(dataset: data.ImageDataset, indices: Sequence[int] | torch.Tensor,
+         device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The images at ``indices`` as ``(inputs, pixels, labels)``.
+
+    inputs: float32 (n, C, H, W) normalised as the training loader does (on ``device``);
+    pixels: float32 (n, C, H, W) in [0, 1], for display (on the CPU); labels: int64 (n,) (CPU).
+    """
+    index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+    if len(index) == 0:
+        raise ValueError("pick needs at least one index")
+    if index.min() < 0 or index.max() >= len(dataset):
+        raise IndexError(f"indices must lie in 0..{len(dataset) - 1}, got {index.tolist()[:8]}")
+    subset = dataclasses.replace(dataset, images=dataset.images[index],
+                                 labels=dataset.labels[index], masks=None)
+    loader = data.BatchLoader(subset, batch_size=len(index), train=False, device=device)
+    inputs, _ = next(iter(loader))
+    return inputs, subset.images.float() / 255, subset.labels.clone()
+
+
+@torch.no_grad()
+def batched(model: nn.Module, inputs: torch.Tensor, batch_size: int = 500):
+    """``model(inputs)`` computed ``batch_size`` inputs at a time, without autograd.
+
+    Returns what the model returns, concatenated over the batches: a tensor, or a tuple of
+    tensors (a converted model's ``(logits, cams)``).
+    """
+    parts = [model(chunk) for chunk in inputs.split(batch_size)]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(group) for group in zip(*parts))
+
+
+def _probabilities(outputs: Outputs) -> dict[str, torch.Tensor]:
+    return {name: logits.detach().float().softmax(dim=1).cpu()
+            for name, (logits, _) in outputs.items()}
+
+
+def logit_check(original: torch.Tensor, cam_means: torch.Tensor, bias: torch.Tensor | None,
+                class_names: Sequence[str], tolerance: float = 1e-5, image: int = 0,
+                max_classes: int = 10) -> Figure:
+    """Eq. 1-4 seen two ways.
+
+    Left: for test image ``image``, each class's GAP(CAM) and bias as stacked bars, with the
+    original model's logit as a dot on top (the ``max_classes`` classes of highest logit).
+    Right: the histogram of |original logit - (GAP(CAM) + bias)| over every image and class,
+    with ``tolerance`` marked. original, cam_means: (N, K); bias: (K,) or None.
+    """
+    original = original.detach().float().cpu()
+    cam_means = cam_means.detach().float().cpu()
+    bias = torch.zeros(original.shape[1]) if bias is None else bias.detach().float().cpu()
+    if original.shape != cam_means.shape or bias.shape != original.shape[1:]:
+        raise ValueError(f"original {tuple(original.shape)}, cam_means {tuple(cam_means.shape)} "
+                         f"and bias {tuple(bias.shape)} must be (N, K), (N, K) and (K,)")
+    figure = Figure(figsize=(10, 3.2), layout="constrained")
+    bars, histogram = figure.subplots(1, 2, width_ratios=(3, 2))
+
+    shown = original[image].argsort(descending=True)[:max_classes]
+    x = np.arange(len(shown))
+    means, offsets = cam_means[image, shown].numpy(), bias[shown].numpy()
+    bars.bar(x, means, color="tab:blue", label="GAP(CAM$_i$)")
+    # The bias bar starts where the CAM bar ends, whatever the signs.
+    bars.bar(x, offsets, bottom=means, color="tab:orange", label="bias $b_i$")
+    bars.scatter(x, original[image, shown].numpy(), color="black", zorder=3, s=18,
+                 label="original logit")
+    bars.axhline(0, color="grey", linewidth=0.5)
+    bars.set_xticks(x, [class_names[i] for i in shown], rotation=30, ha="right", fontsize=8)
+    bars.set_title("one test image: logit = GAP(CAM) + bias", fontsize=9)
+    bars.legend(fontsize=7)
+
+    difference = (original - (cam_means + bias[None])).abs().flatten().numpy()
+    floor = 1e-10
+    histogram.hist(np.maximum(difference, floor),
+                   bins=np.logspace(np.log10(floor),
+                                    np.log10(max(tolerance, difference.max(initial=0))) + 0.5, 40),
+                   color="tab:blue")
+    histogram.set_xscale("log")
+    histogram.axvline(tolerance, color="tab:red", linestyle="--", label=f"tolerance {tolerance:g}")
+    histogram.set_xlabel(f"|original - (GAP(CAM) + b)|  (0 shown at {floor:g})", fontsize=8)
+    histogram.set_title(f"{original.shape[0]} images x {original.shape[1]} classes", fontsize=9)
+    histogram.legend(fontsize=7)
+    return figure
+
+
+def _hide_frame(axis) -> None:
+    axis.set_xticks([])
+    axis.set_yticks([])
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+
+
+def cam_grid(pixels: torch.Tensor, outputs: Outputs, classes: torch.Tensor,
+             class_names: Sequence[str], labels: torch.Tensor | None = None,
+             size: float = 1.45) -> Figure:
+    """CAMs of chosen classes overlaid on their images (Figure 2 of the paper).
+
+    pixels: (n, C, H, W) images in [0, 1].
+    outputs: {model name: (logits (n, K), cams (n, K, h, w))}.
+    classes: int64 (n, k), the classes to show for each image (e.g. a model's top k).
+    One row per image and model: the image (in its first row), then for each class the CAM
+    over the image, titled with the class name and that model's probability for it.
+    """
+    if not outputs:
+        raise ValueError("cam_grid needs at least one model's outputs")
+    classes = torch.as_tensor(classes).cpu()
+    n, k = classes.shape
+    if len(pixels) != n:
+        raise ValueError(f"{len(pixels)} images but classes for {n}")
+    probabilities = _probabilities(outputs)
+    rows = n * len(outputs)
+    figure = Figure(figsize=(size * (k + 1), size * 1.12 * rows), layout="constrained")
+    axes = np.asarray(figure.subplots(rows, k + 1, squeeze=False))
+    for i in range(n):
+        for m, (name, (_, cams)) in enumerate(outputs.items()):
+            row = axes[i * len(outputs) + m]
+            if m == 0:
+                row[0].imshow(_display(pixels[i]), cmap="gray", vmin=0, vmax=1)
+                if labels is not None:
+                    row[0].set_title(f"label: {class_names[int(labels[i])]}", fontsize=8)
+            row[0].axis("off")
+            for j, cls in enumerate(classes[i].tolist()):
+                row[j + 1].imshow(cam.overlay(pixels[i], cams[i, cls].detach().cpu()))
+                row[j + 1].set_title(f"{class_names[cls]}: {probabilities[name][i, cls]:.2f}",
+                                     fontsize=8)
+                _hide_frame(row[j + 1])
+            row[1].set_ylabel(name, fontsize=9)
+    return figure
+
+
+def _display(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> what imshow takes: (H, W) grey or (H, W, 3) colour."""
+    image = image.detach().float().cpu()
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def cam_view(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[str], image: int,
+             cls: int, models: Sequence[str] | None = None,
+             labels: torch.Tensor | None = None) -> Figure:
+    """One image and one class: the image, then the class's CAM of each model in ``models``
+    (default: all), titled with the model's probability for the class and its own top class."""
+    names = list(outputs) if models is None else list(models)
+    unknown = [name for name in names if name not in outputs]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {list(outputs)}")
+    probabilities = _probabilities(outputs)
+    figure = Figure(figsize=(2.6 * (1 + len(names)), 2.9), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, 1 + len(names)))
+    axes[0].imshow(_display(pixels[image]), cmap="gray", vmin=0, vmax=1)
+    title = f"test image {image}"
+    if labels is not None:
+        title += f"\nlabel: {class_names[int(labels[image])]}"
+    axes[0].set_title(title, fontsize=9)
+    axes[0].axis("off")
+    for axis, name in zip(axes[1:], names):
+        axis.imshow(cam.overlay(pixels[image], outputs[name][1][image, cls].detach().cpu()))
+        top = int(probabilities[name][image].argmax())
+        probability = probabilities[name][image, cls]
+        axis.set_title(f"{name}: CAM of {class_names[cls]}\np = {probability:.2f} "
+                       f"(top: {class_names[top]})", fontsize=9)
+        axis.axis("off")
+    return figure
+
+
+def cam_explorer(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[str],
+                 labels: torch.Tensor | None = None, live: bool = True, static_classes: int = 10):
+    """Explore CAMs: pick an image, a class and a model (or all models side by side).
+
+    live=True: an ipywidgets box that redraws ``cam_view`` when a control changes (it needs a
+    running kernel, e.g. JupyterLab); the class starts at the first model's top class for the
+    chosen image. live=False: a static stand-in for batch runs and books: ``cam_grid`` of the
+    first image, all models, the first model's top ``static_classes`` classes (all if fewer).
+    """
+    first = next(iter(outputs))
+    top = _probabilities(outputs)[first].argsort(dim=1, descending=True)
+    if not live:
+        k = min(static_classes, len(class_names))
+        return cam_grid(pixels[:1], {name: (logits[:1], cams[:1])
+                                     for name, (logits, cams) in outputs.items()},
+                        top[:1, :k], class_names, None if labels is None else labels[:1])
+
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    image = widgets.IntSlider(value=0, min=0, max=len(pixels) - 1, description="image")
+    cls = widgets.Dropdown(options=[(name, i) for i, name in enumerate(class_names)],
+                           value=int(top[0, 0]), description="class")
+    model = widgets.ToggleButtons(options=[*outputs, "side by side"], value="side by side",
+                                  description="CAM of")
+    # A new image starts at the first model's top class for it.
+    image.observe(lambda change: setattr(cls, "value", int(top[change["new"], 0])),
+                  names="value")
+
+    def draw(image: int, cls: int, model: str) -> None:
+        models = list(outputs) if model == "side by side" else [model]
+        display(cam_view(pixels, outputs, class_names, image, cls, models, labels))
+
+    view = widgets.interactive_output(draw, {"image": image, "cls": cls, "model": model})
+    return widgets.VBox([widgets.HBox([image, cls]), model, view])

@@ -1,0 +1,122 @@
+"""The notebooks' figures and helpers, on scikit-learn's digits and an untrained resnet8."""
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from catkd import cam, data, figures, models
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", "test")
+
+
+@pytest.fixture(scope="module")
+def outputs(digits):
+    torch.manual_seed(0)
+    teacher = cam.convert(models.create("resnet8", num_classes=10, in_channels=1).eval())
+    student = cam.convert(models.create("resnet8", num_classes=10, in_channels=1).eval())
+    inputs, pixels, labels = figures.pick(digits, range(6))
+    return pixels, labels, {"teacher": figures.batched(teacher, inputs),
+                            "student": figures.batched(student, inputs)}
+
+
+def test_pick_gives_loader_inputs_display_pixels_and_labels(digits):
+    indices = [5, 0, 17]
+    inputs, pixels, labels = figures.pick(digits, indices)
+    full_inputs, full_labels = next(iter(data.BatchLoader(digits, batch_size=len(digits),
+                                                           train=False)))
+    torch.testing.assert_close(inputs, full_inputs[indices])
+    assert torch.equal(labels, full_labels[indices])
+    assert pixels.shape == (3, 1, 8, 8) and 0 <= pixels.min() and pixels.max() <= 1
+    torch.testing.assert_close(pixels, digits.images[indices].float() / 255)
+    # One index, as a tensor, works too; indices outside the dataset do not.
+    assert figures.pick(digits, torch.tensor(3))[0].shape == (1, 1, 8, 8)
+    with pytest.raises(IndexError):
+        figures.pick(digits, [len(digits)])
+    with pytest.raises(ValueError):
+        figures.pick(digits, [])
+
+
+def test_batched_equals_one_pass_for_tensors_and_tuples(digits):
+    torch.manual_seed(0)
+    model = models.create("resnet8", num_classes=10, in_channels=1).eval()
+    inputs, _, _ = figures.pick(digits, range(23))
+    with torch.no_grad():
+        expected_logits = model(inputs)
+        expected_cams = cam.convert(model)(inputs)[1]
+    torch.testing.assert_close(figures.batched(model, inputs, batch_size=5), expected_logits)
+    logits, cams = figures.batched(cam.convert(model), inputs, batch_size=5)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(cams, expected_cams)
+    assert not logits.requires_grad
+
+
+def test_logit_check_draws_bars_and_histogram():
+    original = torch.randn(5, 10)
+    bias = torch.randn(10)
+    cam_means = original - bias + 1e-7 * torch.randn(5, 10)
+    figure = figures.logit_check(original, cam_means, bias, [str(i) for i in range(10)],
+                                 max_classes=4)
+    assert isinstance(figure, Figure) and len(figure.axes) == 2
+    assert len(figure.axes[0].get_xticklabels()) == 4
+    assert figures.logit_check(original, original, None, list("abcdefghij")).axes
+    with pytest.raises(ValueError):
+        figures.logit_check(original, cam_means[:, :5], bias, list("abcdefghij"))
+
+
+def test_cam_grid_has_a_row_per_image_and_model_and_titles_with_probabilities(outputs, digits):
+    pixels, labels, out = outputs
+    classes = out["teacher"][0].topk(3, dim=1).indices
+    figure = figures.cam_grid(pixels, out, classes, digits.classes, labels)
+    assert len(figure.axes) == 6 * 2 * (3 + 1)
+    probabilities = out["student"][0].softmax(dim=1)
+    # Row 2 is the first image's student row; its first CAM is of the teacher's top class.
+    cls = int(classes[0, 0])
+    assert figure.axes[1 * 4 + 1].get_title() == f"{cls}: {probabilities[0, cls]:.2f}"
+    assert figure.axes[0].get_title() == f"label: {int(labels[0])}"
+    with pytest.raises(ValueError):
+        figures.cam_grid(pixels, {}, classes, digits.classes)
+    with pytest.raises(ValueError):
+        figures.cam_grid(pixels[:2], out, classes, digits.classes)
+
+
+def test_cam_view_and_static_explorer(outputs, digits):
+    pixels, labels, out = outputs
+    figure = figures.cam_view(pixels, out, digits.classes, image=2, cls=7, labels=labels)
+    assert len(figure.axes) == 3
+    assert figure.axes[1].get_title().startswith("teacher: CAM of 7")
+    assert len(figures.cam_view(pixels, out, digits.classes, 0, 0, ["student"]).axes) == 2
+    with pytest.raises(ValueError):
+        figures.cam_view(pixels, out, digits.classes, 0, 0, ["nobody"])
+    static = figures.cam_explorer(pixels, out, digits.classes, labels, live=False,
+                                  static_classes=4)
+    assert isinstance(static, Figure) and len(static.axes) == 2 * (4 + 1)
+
+
+def test_live_explorer_follows_the_chosen_image(outputs, digits, monkeypatch):
+    widgets = pytest.importorskip("ipywidgets")
+    pixels, labels, out = outputs
+    drawn = []
+    monkeypatch.setattr(figures, "cam_view", lambda *args: drawn.append(args[3:6]) or Figure())
+    box = figures.cam_explorer(pixels, out, digits.classes, labels)
+    assert isinstance(box, widgets.VBox)
+    image, cls = box.children[0].children
+    model = box.children[1]
+    top = out["teacher"][0].argmax(dim=1)
+    assert cls.value == int(top[0])
+    image.value = 4
+    assert cls.value == int(top[4])  # a new image starts at the teacher's top class for it
+    model.value = "student"
+    assert drawn[-1] == (4, int(top[4]), ["student"])
+
+
+def test_figures_leave_no_pyplot_figure_open(outputs, digits):
+    import matplotlib.pyplot as plt
+
+    pixels, labels, out = outputs
+    before = plt.get_fignums()
+    figures.cam_grid(pixels[:1], out, out["teacher"][0][:1].topk(2).indices, digits.classes)
+    figures.logit_check(torch.zeros(1, 3), torch.zeros(1, 3), None, list("abc"))
+    assert plt.get_fignums() == before
