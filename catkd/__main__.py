@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--student", default="resnet8x4")
     bench.add_argument("--teacher", default="resnet32x4")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--steps", type=int, default=30, help="timed steps (after --warmup)")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per round")
     bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     bench.add_argument("--workers", type=int, default=2,
                        help="DataLoader workers of the authors' way")
     bench.add_argument("--compile", action="store_true", help="torch.compile the fast path")
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             bench.bench(args.method, args.student, args.teacher, args.device, args.steps,
-                        args.warmup, workers=args.workers, compile_step=args.compile,
-                        out=args.out)
+                        args.warmup, args.rounds, workers=args.workers,
+                        compile_step=args.compile, out=args.out)
             return 0
         if args.command == "train":
             run = train.fit(args.config, args.overrides)

@@ -9,20 +9,23 @@ Two ways of feeding and running the same distillation step (``catkd.train``'s ow
   per batch there (``catkd.data.BatchLoader``), channels_last, bf16 autocast where the device
   supports it natively, and optionally torch.compile.
 
-Both run ``warmup`` steps, then time ``steps`` steps of batch 64 on 32x32 CIFAR-shaped data
-(random pixels: throughput does not depend on what the pixels show). Then one ce, one kd and
-one catkd step are timed on the fast path, so that the cost of the CAT term can be read off
-beside KD's. Everything is measured in one process, one after the other: compare the ratios,
-which shared machines disturb much less than the absolute numbers.
+Each contestant runs ``warmup`` steps, then ``rounds`` rounds of ``steps`` steps of batch 64 on
+32x32 CIFAR-shaped data (random pixels: throughput does not depend on what they show), the
+contestants taking turns round by round; the median round counts. Then ce, kd and catkd steps
+are timed the same way on the fast path, so that the cost of the CAT term can be read off
+beside KD's. Everything runs in one process: compare the ratios, which a shared machine
+disturbs much less than the absolute numbers.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import resource
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -70,10 +73,9 @@ def _method(name: str, student: str, teacher: str, device: torch.device,
     return method.to(memory_format=torch.channels_last) if channels_last else method
 
 
-def _throughput(method: methods.Method, loader, device: torch.device, bf16: bool,
-                channels_last: bool, compile_step: bool, warmup: int, steps: int,
-                batch_size: int) -> float:
-    """Images per second of the engine's training epoch over ``steps`` batches."""
+def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
+           channels_last: bool, compile_step: bool) -> Callable[[int], float]:
+    """A function that trains ``method`` for n batches of ``loader`` and returns the seconds."""
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                                 momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10**9])
@@ -86,23 +88,36 @@ def _throughput(method: methods.Method, loader, device: torch.device, bf16: bool
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         train_epoch(step, method, batches, optimizer, schedule, 0, device, bf16, memory_format,
-                     "step", desc="bench")
+                    "step", desc="bench")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started
 
-    run(warmup)
-    return steps * batch_size / run(steps)
+    return run
+
+
+def _interleaved(timers: dict[str, Callable[[int], float]], warmup: int, steps: int,
+                 rounds: int) -> dict[str, float]:
+    """Median seconds per step of each timer, measured in alternating rounds, so that a slow
+    spell of a shared machine hits every contestant alike."""
+    for run in timers.values():
+        run(warmup)
+    seconds = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, run in timers.items():
+            seconds[name].append(run(steps) / steps)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "resnet32x4",
-          device: str = "auto", steps: int = 30, warmup: int = 5, batch_size: int = 64,
-          workers: int = 2, compile_step: bool = False, out: str | None = None) -> dict:
+          device: str = "auto", steps: int = 20, warmup: int = 5, rounds: int = 3,
+          batch_size: int = 64, workers: int = 2, compile_step: bool = False,
+          out: str | None = None) -> dict:
     """Measure and print the side-by-side table; write it as JSON to ``out`` if given."""
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     bf16 = bf16_supported(device)
-    dataset = cifar_shaped(batch_size * (warmup + steps + 1))
+    dataset = cifar_shaped(batch_size * (warmup + steps + 1))  # every call draws fresh batches
     authors_loader = torch.utils.data.DataLoader(
         _PILDataset(dataset), batch_size=batch_size, shuffle=True, num_workers=workers,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
@@ -112,21 +127,23 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
         "compile": compile_step, "method": method, "student": student, "teacher": teacher,
-        "batch_size": batch_size, "steps": steps, "warmup": warmup, "workers": workers,
+        "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
+        "workers": workers,
     }
-    authors = _throughput(_method(method, student, teacher, device, False), authors_loader,
-                          device, False, False, False, warmup, steps, batch_size)
-    fast = _throughput(_method(method, student, teacher, device, True), fast_loader, device,
-                       bf16, True, compile_step, warmup, steps, batch_size)
-    results["images_per_second"] = {"authors": authors, "fast": fast}
-    results["speedup"] = fast / authors
-    step_ms = {}
-    for name in ("ce", "kd", "catkd"):
-        throughput = _throughput(_method(name, student, teacher, device, True), fast_loader,
-                                 device, bf16, True, compile_step, warmup, steps, batch_size)
-        step_ms[name] = 1000 * batch_size / throughput
-    results["step_ms"] = step_ms
-    results["catkd_over_kd"] = step_ms["catkd"] / step_ms["kd"]
+    per_step = _interleaved({
+        "authors": _timer(_method(method, student, teacher, device, False), authors_loader,
+                          device, False, False, False),
+        "fast": _timer(_method(method, student, teacher, device, True), fast_loader, device,
+                       bf16, True, compile_step),
+    }, warmup, steps, rounds)
+    results["images_per_second"] = {way: batch_size / seconds for way, seconds in per_step.items()}
+    results["speedup"] = per_step["authors"] / per_step["fast"]
+    step_seconds = _interleaved({
+        name: _timer(_method(name, student, teacher, device, True), fast_loader, device, bf16,
+                     True, compile_step) for name in ("ce", "kd", "catkd")
+    }, warmup, steps, rounds)
+    results["step_ms"] = {name: 1000 * seconds for name, seconds in step_seconds.items()}
+    results["catkd_over_kd"] = step_seconds["catkd"] / step_seconds["kd"]
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
                                  if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -142,7 +159,8 @@ def _table(results: dict) -> str:
     rate = results["images_per_second"]
     lines = [
         f"{results['method']} {results['teacher']} -> {results['student']}, batch "
-        f"{results['batch_size']}, {results['steps']} steps after {results['warmup']}, on "
+        f"{results['batch_size']}, median of {results['rounds']} interleaved rounds of "
+        f"{results['steps']} steps (after {results['warmup']}), on "
         f"{results['device']} ({results['device_name']}, {results['threads']} threads)",
         f"  authors' way (PIL + DataLoader, {results['workers']} workers, float32): "
         f"{rate['authors']:8.1f} images/s",

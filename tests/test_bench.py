@@ -7,8 +7,8 @@ from catkd import bench
 
 def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    results = bench.bench("catkd", "resnet8", "resnet14", device="cpu", steps=2, warmup=1,
-                          workers=0, out=str(out))
+    results = bench.bench("catkd", "resnet8", "resnet14", device="cpu", steps=1, warmup=1,
+                          rounds=2, workers=0, out=str(out))
     assert json.loads(out.read_text()) == results
     assert set(results["images_per_second"]) == {"authors", "fast"}
     assert all(rate > 0 for rate in results["images_per_second"].values())
