@@ -62,8 +62,10 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# Keys that change how a run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = ("name", "out", "runtime")
+# Keys that change where and how fast a run executes, not what it computes: left out of the
+# run's identity. runtime.bf16 stays in: bf16 arithmetic gives different numbers.
+EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "runtime.compile",
+                  "runtime.deterministic", "runtime.workers")
 SCHEDULES = ("step", "onecycle")
 
 
@@ -185,7 +187,13 @@ def _check(config: dict) -> None:
 
 def identity(config: dict) -> str:
     """A stable hash of what a run computes (everything but the execution keys)."""
-    essential = {key: value for key, value in config.items() if key not in EXECUTION_KEYS}
+    essential = copy.deepcopy(config)
+    for key in EXECUTION_KEYS:
+        *sections, leaf = key.split(".")
+        section = essential
+        for name in sections:
+            section = section[name]
+        section.pop(leaf)
     text = json.dumps(essential, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

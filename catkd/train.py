@@ -199,13 +199,13 @@ def teacher_config(config: dict) -> dict:
     })
 
 
-def load_teacher(config: dict, shape: tuple[int, int]) -> nn.Module:
+def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> nn.Module:
     """The teacher of a distillation config: from ``teacher.checkpoint``, or trained here."""
     spec = config["teacher"]
     if spec["checkpoint"]:
         teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
         return models.load_checkpoint(teacher, spec["checkpoint"])
-    return fit(teacher_config(config)).model()
+    return fit(teacher_config(config), quiet=quiet).model()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -346,7 +346,7 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     else:
         train_set, test_set = _datasets(config)
         shape = (test_set.num_classes, test_set.in_channels)
-    teacher = load_teacher(config, shape) if config["teacher"]["model"] else None
+    teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
     # Seeded after the teacher so that the student's initialisation does not depend on whether
     # the teacher was trained in this process or loaded.
     _seed_everything(config["seed"], runtime["deterministic"])
