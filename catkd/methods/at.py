@@ -56,9 +56,7 @@ class AT(Method):
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, C, H, W) images, (N,) labels -> (N, K) logits, {"ce", "at"}."""
-        logits = self.student(images)
-        with torch.no_grad():
-            self.teacher(images)
+        logits, _ = self.both_logits(images)  # the hooks keep the stage maps
         attention = at_loss(self.student_stages.pop(), self.teacher_stages.pop(), self.p)
         return logits, {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),

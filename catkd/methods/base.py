@@ -50,6 +50,14 @@ class Method(nn.Module):
         """(N, C, H, W) images, (N,) labels, 0-based epoch -> (N, K) logits, scalar loss terms."""
         raise NotImplementedError
 
+    def both_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) images -> (N, K) logits of the student and, without autograd, of the
+        teacher."""
+        logits = self.student(images)
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        return logits, teacher_logits
+
     def extra_state_dict(self) -> dict[str, torch.Tensor]:
         """The state that belongs to neither model (e.g. trainable connectors); saved apart."""
         return {key: value for key, value in self.state_dict().items()

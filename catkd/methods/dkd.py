@@ -34,9 +34,7 @@ class DKD(Method):
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, C, H, W) images, (N,) labels, 0-based epoch -> (N, K) logits, {"ce", "dkd"}."""
-        logits = self.student(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        logits, teacher_logits = self.both_logits(images)
         warmup = min((epoch + 1) / self.warmup_epochs, 1.0)
         decoupled = dkd_loss(logits, teacher_logits, labels, self.alpha, self.beta,
                              self.temperature)

@@ -27,9 +27,7 @@ class KD(Method):
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(N, C, H, W) images, (N,) labels -> (N, K) logits, {"ce", "kd"}."""
-        logits = self.student(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        logits, teacher_logits = self.both_logits(images)
         return logits, {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),
             "kd": self.kd_weight * kd_loss(logits, teacher_logits, self.temperature),

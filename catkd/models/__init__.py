@@ -4,6 +4,7 @@ CIFAR models (32x32 inputs) carry the parameter names and shapes of the publishe
 teacher checkpoints, so those load with ``strict=True``. ImageNet models are prefixed
 ``imagenet_``. Every model follows the convention of ``catkd.models.base``.
 
+>>> import torch
 >>> from catkd import models
 >>> model = models.create("resnet8x4", num_classes=100)
 >>> model.forward_features(torch.zeros(2, 3, 32, 32)).shape
