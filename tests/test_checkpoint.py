@@ -51,3 +51,8 @@ def test_a_file_without_a_state_dict_is_refused(tmp_path):
     torch.save({"epoch": 3, "accuracy": 71.2}, path)
     with pytest.raises(ValueError, match="holds no state_dict"):
         models.load_checkpoint(models.create("resnet8"), path)
+
+
+def test_a_missing_file_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+        models.load_checkpoint(models.create("resnet8"), tmp_path / "nowhere.pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ def load_checkpoint(model: nn.Module, path: str | PathLike) -> nn.Module:
     keys prefixed by ``module.`` (DDP) or ``_orig_mod.`` (torch.compile). A checkpoint that does
     not fit raises ``ValueError`` naming the first missing, unexpected and mis-shaped keys.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = _extract_state_dict(checkpoint, path)
     expected = model.state_dict()
