@@ -89,6 +89,9 @@ def _merge(base: dict, changes: dict, where: str = "") -> dict:
                                  f"{path}.{next(iter(merged[key]))}=...")
             merged[key] = _merge(merged[key], value, f"{path}.")
         elif key == "loss":
+            if not isinstance(value or {}, dict):
+                raise ValueError(f"config key 'loss' holds the method's settings, e.g. "
+                                 f"loss.beta=15; got {value!r}")
             merged[key] = {**merged[key], **(value or {})}
         else:
             merged[key] = value

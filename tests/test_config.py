@@ -40,6 +40,7 @@ def test_file_with_base_and_overrides(tmp_path):
     (["optim.schedule=cosine"], "valid: step, onecycle"),
     (["optim.epochs=0"], "optim.epochs must be a positive integer"),
     (["optim.lr"], "an override is key=value"),
+    (["loss=3"], "holds the method's settings"),
 ])
 def test_mistakes_are_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
