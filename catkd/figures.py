@@ -10,6 +10,7 @@ ipywidgets box that redraws a figure when a control changes.
 - ``cam_grid``: Figure 2 style CAMs of chosen classes, one row per image and model.
 - ``cam_view`` / ``cam_explorer``: one image, one class, one or all models; the explorer
   (live ipywidgets, or a static figure for batch runs).
+- ``accuracy_bars``: test accuracies of runs as labelled bars, with chance as a line.
 
 A "model output" is the pair ``(logits (N, K), cams (N, K, h, w))`` that a converted model
 (``catkd.cam.convert``) returns; figures take them in a dict keyed by the model's name.
@@ -27,7 +28,8 @@ from torch import nn
 
 from catkd import cam, data
 
-__all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer"]
+__all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer",
+           "accuracy_bars"]
 
 Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -229,3 +231,28 @@ def cam_explorer(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[s
 
     view = widgets.interactive_output(draw, {"image": image, "cls": cls, "model": model})
     return widgets.VBox([widgets.HBox([image, cls]), model, view])
+
+
+def accuracy_bars(accuracies: Mapping[str, float], chance: float | None = None,
+                  title: str = "", size: tuple[float, float] | None = None) -> Figure:
+    """Test accuracies (%) as one labelled bar per run, in the given order.
+
+    accuracies: {run label: accuracy in %}; chance: drawn as a dashed line when given.
+    Each bar carries its value; the y axis spans 0-100.
+    """
+    if not accuracies:
+        raise ValueError("accuracy_bars needs at least one accuracy")
+    names, values = list(accuracies), [float(value) for value in accuracies.values()]
+    figure = Figure(figsize=size or (1.2 + 0.9 * len(names), 2.8), layout="constrained")
+    axis = figure.subplots()
+    bars = axis.bar(range(len(names)), values, color="tab:blue")
+    axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], fontsize=8)
+    axis.set_xticks(range(len(names)), names, fontsize=8)
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("test accuracy (%)", fontsize=9)
+    if chance is not None:
+        axis.axhline(chance, color="tab:red", linestyle="--", linewidth=1, label="chance")
+        axis.legend(fontsize=8, loc="lower right")
+    if title:
+        axis.set_title(title, fontsize=9)
+    return figure

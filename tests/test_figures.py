@@ -120,3 +120,17 @@ def test_figures_leave_no_pyplot_figure_open(outputs, digits):
     figures.cam_grid(pixels[:1], out, out["teacher"][0][:1].topk(2).indices, digits.classes)
     figures.logit_check(torch.zeros(1, 3), torch.zeros(1, 3), None, list("abc"))
     assert plt.get_fignums() == before
+
+
+def test_accuracy_bars_draw_one_labelled_bar_per_run_and_chance():
+    figure = figures.accuracy_bars({"2x2": 83.9, "4x4": 86.2, "7x7": 86.7}, chance=10,
+                                   title="resolution")
+    assert isinstance(figure, Figure)
+    (axis,) = figure.axes
+    assert [patch.get_height() for patch in axis.patches] == pytest.approx([83.9, 86.2, 86.7])
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["2x2", "4x4", "7x7"]
+    assert [line.get_ydata()[0] for line in axis.lines] == [10]
+    assert axis.get_title() == "resolution"
+    assert len(figures.accuracy_bars({"a": 50.0}).axes[0].lines) == 0
+    with pytest.raises(ValueError):
+        figures.accuracy_bars({})
