@@ -84,7 +84,14 @@ def _flatten(section: dict, prefix: str = "") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after --config: argparse leaves those after it unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command not in ("train", "teacher")
+                  or not all("=" in argument for argument in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     # Imported here so that --help answers at once.
     from catkd import bench, config, data, methods, models, probe, train
 

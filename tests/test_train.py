@@ -182,6 +182,14 @@ def test_command_line(tmp_path, capsys):
     assert code == 2 and "fashion-mnist" in err
     code, out, _ = catkd("teacher", "resnet8", *tiny(tmp_path, "optim.epochs=1"))
     assert code == 0 and f"run folder: {tmp_path}" in out
+    # The README's form: overrides after --config; the same config, so the same finished run.
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("data:\n  dataset: digits\n")
+    overrides = [item for item in tiny(tmp_path, "optim.epochs=1") if "dataset" not in item]
+    code, again, _ = catkd("teacher", "resnet8", "--config", str(config_file), *overrides)
+    assert code == 0 and again.splitlines()[-1] == out.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        catkd("probe", str(tmp_path), "--dataset", "digits", "stray")
 
 
 def test_fit_trains_even_when_called_under_no_grad(tmp_path):
