@@ -8,7 +8,8 @@ RUN := $(VENV)/bin/python
 # The torch pair known to install on the project's machines; override for another platform,
 # e.g. make test TORCH="torch==2.9.1 torchvision==0.24.1"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-# The book: every numbered notebook, executed with this profile (notebooks/profiles/) into
+# The book: every numbered notebook, executed with this profile (notebooks/profiles/<profile>.yaml,
+# then the notebook's own notebooks/profiles/<profile>/<notebook>.yaml where there is one) into
 # book/notebooks/, then rendered to book/_build/html. E.g. make book BOOK_PROFILE=smoke
 BOOK_PROFILE ?= quick
 BOOK_NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
@@ -27,8 +28,9 @@ test: $(VENV)/installed
 book: $(VENV)/installed
 	mkdir -p book/notebooks
 	set -e; for notebook in $(BOOK_NOTEBOOKS); do \
+		own=notebooks/profiles/$(BOOK_PROFILE)/$$(basename $$notebook .ipynb).yaml; \
 		$(VENV)/bin/papermill --no-progress-bar -f notebooks/profiles/$(BOOK_PROFILE).yaml \
-			$$notebook book/notebooks/$$(basename $$notebook); \
+			$$([ -f $$own ] && echo "-f $$own") $$notebook book/notebooks/$$(basename $$notebook); \
 	done
 	$(VENV)/bin/jupyter-book build book
 

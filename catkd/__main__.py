@@ -1,4 +1,4 @@
-"""The command line: python -m catkd {train, teacher, probe, list} ..."""
+"""The command line: python -m catkd {train, teacher, sweep, report, probe, bench, list} ..."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ examples:
 
   # train (and cache) a teacher by name
   python -m catkd teacher resnet20 --config configs/quick/teacher.yaml
+
+  # the runs of a table: list them, run one (a job array), or run what is missing
+  python -m catkd sweep configs/cifar100/sweeps/table6.yaml --list
+  python -m catkd sweep configs/cifar100/sweeps/table6.yaml --index $SLURM_ARRAY_TASK_ID
+  python -m catkd report configs/cifar100/sweeps/table6.yaml --out reports
 
   # linear probing of a trained student on another dataset (Table 9)
   python -m catkd probe runs/<run folder> --dataset digits
@@ -46,6 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     teacher.add_argument("model", help="model name (python -m catkd list models)")
     teacher.add_argument("--config", help="YAML config for the data and recipe")
     teacher.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    sweep = commands.add_parser("sweep", help="the runs of a sweep file (a table or figure)")
+    sweep.add_argument("file", help="sweep YAML (configs/*/sweeps/)")
+    sweep.add_argument("--list", action="store_true", help="print one command per run and its "
+                                                           "state; train nothing")
+    sweep.add_argument("--index", type=int, help="run only the I-th run (0-based), e.g. "
+                                                 "$SLURM_ARRAY_TASK_ID")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="applied to every run, e.g. out=/scratch/runs")
+
+    report = commands.add_parser("report", help="a sweep's table from its run folders")
+    report.add_argument("files", nargs="+", metavar="FILE", help="sweep YAML file(s)")
+    report.add_argument("--out", default="reports", help="folder for the CSV and Markdown files")
+    report.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="the overrides the sweep ran with, e.g. "
+                                                  "--set out=/scratch/runs")
 
     probe = commands.add_parser("probe", help="linear probing of a trained student (Table 9)")
     probe.add_argument("run", help="the student's run folder")
@@ -87,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --config: argparse leaves those after it unparsed.
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command not in ("train", "teacher")
+    if extra and (args.command not in ("train", "teacher", "sweep")
                   or not all("=" in argument for argument in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     # Imported here so that --help answers at once.
-    from catkd import bench, config, data, methods, models, probe, train
+    from catkd import bench, config, data, methods, models, probe, report, sweep, train
 
     try:
         if args.command == "list":
@@ -105,6 +126,22 @@ def main(argv: list[str] | None = None) -> int:
             bench.bench(args.method, args.student, args.teacher, args.device, args.steps,
                         args.warmup, args.rounds, workers=args.workers,
                         compile_step=args.compile, out=args.out)
+            return 0
+        if args.command == "sweep":
+            runs = sweep.load(args.file, args.overrides)
+            if args.list:
+                for number, experiment in enumerate(runs.experiments):
+                    _, problem = report.status(experiment)
+                    print(f"{number}\t{problem or 'finished'}\t{experiment.command()}")
+            else:
+                sweep.run(runs, args.index)
+            return 0
+        if args.command == "report":
+            for file in args.files:
+                text, csv_path, markdown_path = report.report(sweep.load(file, args.overrides),
+                                                              args.out)
+                print(text)
+                print(f"written: {csv_path}, {markdown_path}\n")
             return 0
         if args.command == "train":
             run = train.fit(args.config, args.overrides)
@@ -119,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"last {summary['last_acc']:.2f}%")
             print(f"run folder: {summary['path']}")
             return 0
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all

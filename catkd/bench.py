@@ -11,10 +11,13 @@ Two ways of feeding and running the same distillation step (``catkd.train``'s ow
 
 Each contestant runs ``warmup`` steps, then ``rounds`` rounds of ``steps`` steps of batch 64 on
 32x32 CIFAR-shaped data (random pixels: throughput does not depend on what they show), the
-contestants taking turns round by round; the median round counts. Then ce, kd and catkd steps
-are timed the same way on the fast path, so that the cost of the CAT term can be read off
-beside KD's. Everything runs in one process: compare the ratios, which a shared machine
-disturbs much less than the absolute numbers.
+contestants taking turns round by round; the median round counts. Then the step of every
+method of the paper's comparison (``STEP_METHODS``: ce, kd, catkd and the feature-based
+fitnet, rkd, ofd, crd, reviewkd, each with its default settings) is timed the same way on the
+fast path, so that the cost of the CAT term can be read off beside the others', and each
+method's extra trainable parameters (connectors, embeddings) are counted. Everything runs in
+one process: compare the ratios, which a shared machine disturbs much less than the absolute
+numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from catkd import data, methods, models
 from catkd.train import bf16_supported, device_name, train_epoch
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+STEP_METHODS = ("ce", "kd", "catkd", "fitnet", "rkd", "ofd", "crd", "reviewkd")
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -65,11 +69,12 @@ def cifar_shaped(num_images: int, num_classes: int = 100, seed: int = 0) -> data
 
 
 def _method(name: str, student: str, teacher: str, device: torch.device,
-            channels_last: bool) -> methods.Method:
+            channels_last: bool, train_labels: torch.Tensor) -> methods.Method:
     torch.manual_seed(0)
     student_model = models.create(student, num_classes=100)
     teacher_model = models.create(teacher, num_classes=100) if methods.needs_teacher(name) else None
-    method = methods.create(name, student_model, teacher_model).to(device)
+    method = methods.create(name, student_model, teacher_model,
+                            train_labels=train_labels).to(device)
     return method.to(memory_format=torch.channels_last) if channels_last else method
 
 
@@ -123,6 +128,8 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     fast_loader = data.BatchLoader(dataset, batch_size, train=True, device=device,
                                    channels_last=True)
+    indexed_loader = data.BatchLoader(dataset, batch_size, train=True, device=device,
+                                      channels_last=True, sample_indices=True)
     results = {
         "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
@@ -131,18 +138,24 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         "workers": workers,
     }
     per_step = _interleaved({
-        "authors": _timer(_method(method, student, teacher, device, False), authors_loader,
-                          device, False, False, False),
-        "fast": _timer(_method(method, student, teacher, device, True), fast_loader, device,
-                       bf16, True, compile_step),
+        "authors": _timer(_method(method, student, teacher, device, False, dataset.labels),
+                          authors_loader, device, False, False, False),
+        "fast": _timer(_method(method, student, teacher, device, True, dataset.labels),
+                       fast_loader, device, bf16, True, compile_step),
     }, warmup, steps, rounds)
     results["images_per_second"] = {way: batch_size / seconds for way, seconds in per_step.items()}
     results["speedup"] = per_step["authors"] / per_step["fast"]
+    step_methods = {name: _method(name, student, teacher, device, True, dataset.labels)
+                    for name in STEP_METHODS}
     step_seconds = _interleaved({
-        name: _timer(_method(name, student, teacher, device, True), fast_loader, device, bf16,
-                     True, compile_step) for name in ("ce", "kd", "catkd")
+        name: _timer(step_method,
+                     indexed_loader if step_method.needs_sample_indices else fast_loader,
+                     device, bf16, True, compile_step)
+        for name, step_method in step_methods.items()
     }, warmup, steps, rounds)
     results["step_ms"] = {name: 1000 * seconds for name, seconds in step_seconds.items()}
+    results["extra_parameters"] = {name: step_method.extra_parameter_count()
+                                   for name, step_method in step_methods.items()}
     results["catkd_over_kd"] = step_seconds["catkd"] / step_seconds["kd"]
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
                                  if device.type == "cuda"
@@ -167,8 +180,9 @@ def _table(results: dict) -> str:
         f"  catkd fast path (tensors on device, channels_last, bf16={results['bf16']}, "
         f"compile={results['compile']}): {rate['fast']:8.1f} images/s",
         f"  speed-up: {results['speedup']:.2f}x",
-        "  fast-path step time: " + ", ".join(f"{name} {ms:.1f} ms"
-                                              for name, ms in results["step_ms"].items()),
+        "  fast-path step time (extra trainable parameters):",
+        *(f"    {name:<9} {ms:8.1f} ms  ({results['extra_parameters'][name]:,})"
+          for name, ms in results["step_ms"].items()),
         f"  catkd step / kd step: {results['catkd_over_kd']:.3f}",
         f"  peak memory: {results['peak_memory_mb']:.0f} MB "
         f"({'CUDA allocated' if results['device'].startswith('cuda') else 'process RSS'})",

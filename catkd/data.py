@@ -4,8 +4,9 @@ The bottom layer of ``catkd``: it imports no other ``catkd`` module.
 
 - ``ImageDataset``: a dataset held in memory as a uint8 tensor, with its labels, class names and
   normalisation statistics.
-- ``load(name, split)`` / ``names()``: cifar100, fashion-mnist, digits, stl10, tiny-imagenet and
-  synthetic (shapes on a textured background, with object masks; also ``synthetic(...)``).
+- ``load(name, split)`` / ``names()``: cifar100, fashion-mnist, digits, stl10, tiny-imagenet,
+  synthetic and synthetic-distractors (shapes on a textured background, with object masks; also
+  ``synthetic(...)``).
   Files are looked for in ``root``, else ``$CATKD_DATA``, else ``data/`` next to the package (and
   for Fashion-MNIST also in ``/usr/share/datasets/fashion-mnist``, where Debian's package
   ``dataset-fashion-mnist`` installs it). Where a dataset is missing, torchvision downloads it if it
@@ -386,6 +387,8 @@ SYNTHETIC_SHAPES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     "ring": _ring, "frame": _frame, "diamond": _diamond,
     "horizontal bars": _horizontal_bars, "vertical bars": _vertical_bars,
 }  # fmt: skip
+# Every shape lies within this many radii of its centre (the corners of the x's and bars' box).
+SYNTHETIC_SHAPE_EXTENT = 0.9 * 2**0.5
 # Saturated colours, far from the grey background. Class k is shape k % 10 in colour k // 10.
 SYNTHETIC_COLOURS: Dict[str, Tuple[float, float, float]] = {
     "red": (0.95, 0.20, 0.15), "green": (0.20, 0.85, 0.25), "blue": (0.20, 0.40, 0.95),
@@ -393,12 +396,58 @@ SYNTHETIC_COLOURS: Dict[str, Tuple[float, float, float]] = {
     "orange": (1.00, 0.55, 0.10), "white": (0.97, 0.97, 0.97),
 }  # fmt: skip
 SYNTHETIC_MAX_CLASSES = len(SYNTHETIC_SHAPES) * len(SYNTHETIC_COLOURS)
-# Measured over synthetic(20000, 10, 32, seed=0); shared by all splits so they normalise alike
-# (approximate for other num_classes: normalisation only needs to be roughly right).
+# Measured over synthetic(20000, 10, 32, seed=0); shared by all splits and variants so they
+# normalise alike (approximate for other settings: normalisation only needs to be roughly right).
 SYNTHETIC_MEAN, SYNTHETIC_STD = (0.4725, 0.3650, 0.3579), (0.1980, 0.1326, 0.1428)
 SYNTHETIC_SIZES = {"train": 10_000, "test": 2_000}
 SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _SYNTHETIC_CHUNK = 2048  # bounds memory; fixed, because the random stream depends on it
+# Candidate positions tried per distractor; the one farthest from the object is kept.
+_DISTRACTOR_CANDIDATES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDifficulty:
+    """How hard the synthetic images are; the defaults are the "synthetic" dataset.
+
+    radius: (low, high) object radius as a fraction of the image side, 0 < low <= high < 0.5.
+    texture: amplitude of the smooth background texture (0 to 1 pixel scale), >= 0.
+    noise: standard deviation of the per-pixel grey noise (same scale), >= 0.
+    distractors: objects of other classes drawn in each image, outside its mask, >= 0. They are
+        smaller than the object (so the label names the largest object), placed as far from it as
+        a few random tries allow, and drawn before it, so they never cover it.
+    distractor_radius: (low, high) distractor radius as a fraction of the image side, with
+        0 < low <= high < radius[0].
+    """
+
+    radius: Tuple[float, float] = (0.18, 0.35)
+    texture: float = 0.08
+    noise: float = 0.03
+    distractors: int = 0
+    distractor_radius: Tuple[float, float] = (0.08, 0.12)
+
+    def __post_init__(self):
+        low, high = self.radius
+        if not 0 < low <= high < 0.5:
+            raise ValueError(f"radius must be (low, high) with 0 < low <= high < 0.5 (a fraction "
+                             f"of the image side), got {self.radius}")
+        if self.texture < 0 or self.noise < 0:
+            raise ValueError(f"texture and noise must be >= 0, got texture={self.texture}, "
+                             f"noise={self.noise}")
+        if not isinstance(self.distractors, int) or self.distractors < 0:
+            raise ValueError(f"distractors must be an integer >= 0, got {self.distractors!r}")
+        small, large = self.distractor_radius
+        if self.distractors and not 0 < small <= large < low:
+            raise ValueError(f"distractor_radius must be (low, high) with 0 < low <= high < the "
+                             f"object's smallest radius {low}, got {self.distractor_radius}")
+
+
+# The registered synthetic datasets: name -> difficulty.
+SYNTHETIC_VARIANTS: Dict[str, SyntheticDifficulty] = {
+    "synthetic": SyntheticDifficulty(),
+    # Two smaller objects of other classes per image, a stronger texture and more noise.
+    "synthetic-distractors": SyntheticDifficulty(texture=0.15, noise=0.06, distractors=2),
+}
 
 
 def synthetic_class_names(num_classes: int) -> List[str]:
@@ -407,56 +456,90 @@ def synthetic_class_names(num_classes: int) -> List[str]:
     return [f"{colours[k // len(shapes)]} {shapes[k % len(shapes)]}" for k in range(num_classes)]
 
 
-def _synthetic_chunk(labels: torch.Tensor, image_size: int, generator: torch.Generator):
-    """uint8 (n, 3, S, S) images and bool (n, S, S) masks for int64 (n,) labels."""
-    n, size = len(labels), image_size
-
-    def uniform(low, high, *shape):
-        return low + (high - low) * torch.rand(*shape, generator=generator)
-
-    # Object: radius and centre in pixels, so that it lies wholly inside the image.
-    radius = uniform(0.18, 0.35, n) * size
-    centre = radius[:, None] - 0.5 + uniform(0, 1, n, 2) * (size - 2 * radius[:, None])
+def _shape_masks(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """bool (n, S, S): the shape of each int64 (n,) label at centre (n, 2) (x, y in pixels) and
+    radius (n,) (pixels)."""
     pixels = torch.arange(size, dtype=torch.float32)
     u = (pixels[None, None, :] - centre[:, 0, None, None]) / radius[:, None, None]  # (n, 1, S)
     v = (pixels[None, :, None] - centre[:, 1, None, None]) / radius[:, None, None]  # (n, S, 1)
-    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    masks = torch.zeros(len(labels), size, size, dtype=torch.bool)
     shape_ids = labels % len(SYNTHETIC_SHAPES)
     for shape_id, draw in enumerate(SYNTHETIC_SHAPES.values()):
         members = shape_ids == shape_id
         masks[members] = draw(u[members], v[members])
+    return masks
+
+
+def _synthetic_chunk(labels: torch.Tensor, num_classes: int, image_size: int,
+                     difficulty: SyntheticDifficulty, generator: torch.Generator):
+    """uint8 (n, 3, S, S) images and bool (n, S, S) masks for int64 (n,) labels.
+
+    The random numbers of the distractors are drawn after all the others, so the images without
+    distractors do not depend on how many distractors other settings ask for.
+    """
+    n, size = len(labels), image_size
     palette = torch.tensor(list(SYNTHETIC_COLOURS.values()))
-    colour = palette[labels // len(SYNTHETIC_SHAPES)] * uniform(0.8, 1.0, n, 1)
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    def colour_of(classes):  # (n,) -> (n, 3, 1, 1), brightness varying per object
+        colour = palette[classes // len(SYNTHETIC_SHAPES)] * uniform(0.8, 1.0, n, 1)
+        return colour[:, :, None, None]
+
+    # Object: radius and centre in pixels, so that it lies wholly inside the image.
+    radius = uniform(*difficulty.radius, n) * size
+    centre = radius[:, None] - 0.5 + uniform(0, 1, n, 2) * (size - 2 * radius[:, None])
+    masks = _shape_masks(labels, centre, radius, size)
+    colour = colour_of(labels)
     # Background: a slightly tinted grey level per image plus a smooth low-frequency texture.
     grey = uniform(0.25, 0.55, n, 1, 1, 1) + 0.03 * torch.randn(n, 3, 1, 1, generator=generator)
     texture = F.interpolate(torch.randn(n, 1, 4, 4, generator=generator), size=(size, size),
                             mode="bilinear", align_corners=False)
-    images = torch.where(masks[:, None], colour[:, :, None, None], grey + 0.08 * texture)
-    images += 0.03 * torch.randn(n, 1, size, size, generator=generator)  # pixel noise
+    images = grey + difficulty.texture * texture
+    noise = difficulty.noise * torch.randn(n, 1, size, size, generator=generator)
+    for _ in range(difficulty.distractors):
+        other = (labels + torch.randint(1, num_classes, (n,), generator=generator)) % num_classes
+        small = uniform(*difficulty.distractor_radius, n) * size
+        candidates = (small[:, None, None] - 0.5 + uniform(0, 1, n, _DISTRACTOR_CANDIDATES, 2)
+                      * (size - 2 * small[:, None, None]))  # (n, candidates, 2)
+        gap = ((candidates - centre[:, None]).norm(dim=2)
+               - SYNTHETIC_SHAPE_EXTENT * (radius + small)[:, None])
+        where = candidates[torch.arange(n), gap.argmax(dim=1)]
+        images = torch.where(_shape_masks(other, where, small, size)[:, None], colour_of(other),
+                             images)
+    images = torch.where(masks[:, None], colour, images)  # last: nothing covers the object
+    images += noise
     # Few large in-place passes: this is what sets the speed.
     return images.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8), masks
 
 
-def synthetic(num_images: int, num_classes: int = 10, image_size: int = 32,
-              seed: int = 0) -> ImageDataset:
+def synthetic(num_images: int, num_classes: int = 10, image_size: int = 32, seed: int = 0,
+              difficulty: Optional[SyntheticDifficulty] = None) -> ImageDataset:
     """Each image holds one object of its class on a noisy textured grey background.
 
     Class k is a shape (square, disc, triangle, plus, x, ring, frame, diamond, horizontal bars,
-    vertical bars: k % 10) in a colour (k // 10), at a random position and size (radius 18-35% of
-    the side), so the first ten classes differ by shape only. Classes are balanced (in random
+    vertical bars: k % 10) in a colour (k // 10), at a random position and size (by default
+    radius 18-35% of the side), so the first ten classes differ by shape only. ``difficulty``
+    (default ``SyntheticDifficulty()``) sets the size range, the texture, the noise and the
+    number of smaller distractor objects of other classes. Classes are balanced (in random
     order). Reproducible from ``seed``. Returns RGB uint8 images (N, 3, S, S) with ``masks``
-    bool (N, S, S) marking the object's pixels.
+    bool (N, S, S) marking the object's pixels (never a distractor's).
     """
+    difficulty = SyntheticDifficulty() if difficulty is None else difficulty
     if not 1 <= num_classes <= SYNTHETIC_MAX_CLASSES:
         raise ValueError(f"num_classes must be in 1..{SYNTHETIC_MAX_CLASSES}, got {num_classes}")
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if difficulty.distractors and num_classes < 2:
+        raise ValueError("distractors are objects of other classes: they need num_classes >= 2")
     generator = torch.Generator().manual_seed(seed)
     labels = (torch.arange(num_images) % num_classes)[torch.randperm(num_images,
                                                                      generator=generator)]
-    chunks = [_synthetic_chunk(part, image_size, generator)
+    chunks = [_synthetic_chunk(part, num_classes, image_size, difficulty, generator)
               for part in labels.split(_SYNTHETIC_CHUNK)]
     images = torch.cat([chunk[0] for chunk in chunks])
     masks = torch.cat([chunk[1] for chunk in chunks])
@@ -465,8 +548,15 @@ def synthetic(num_images: int, num_classes: int = 10, image_size: int = 32,
                         "synthetic", masks)
 
 
-def _load_synthetic(split: str, root: Optional[Path], download: bool) -> ImageDataset:
-    return synthetic(SYNTHETIC_SIZES[split], seed=SYNTHETIC_SEEDS[split])
+def _synthetic_loader(name: str) -> Callable[[str, Optional[Path], bool], ImageDataset]:
+    """The loader of the registered synthetic dataset ``name`` (see ``SYNTHETIC_VARIANTS``)."""
+
+    def load_split(split: str, root: Optional[Path], download: bool) -> ImageDataset:
+        dataset = synthetic(SYNTHETIC_SIZES[split], seed=SYNTHETIC_SEEDS[split],
+                            difficulty=SYNTHETIC_VARIANTS[name])
+        return dataclasses.replace(dataset, name=name)
+
+    return load_split
 
 
 # ------------------------------------------------------------------------------------- by name
@@ -476,7 +566,8 @@ _LOADERS = {
     "digits": _load_digits,
     "stl10": _load_stl10,
     "tiny-imagenet": _load_tiny_imagenet,
-    "synthetic": _load_synthetic,
+    "synthetic": _synthetic_loader("synthetic"),
+    "synthetic-distractors": _synthetic_loader("synthetic-distractors"),
 }
 
 
@@ -554,12 +645,15 @@ class BatchLoader:
     the metrics after the loop, not per batch). ``batch_size`` is per rank.
 
     channels_last=True gives batches in torch.channels_last memory format.
+
+    sample_indices=True yields ``(images, labels, indices)``: the int64 (B,) positions of the
+    batch's images in ``dataset``, on ``device``, for methods that keep per-sample state (CRD).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, train: bool,
                  device: Union[str, torch.device] = "cpu", seed: int = 0, crop_padding: int = 4,
                  flip: bool = True, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False):
+                 channels_last: bool = False, sample_indices: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -570,6 +664,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.seed, self.crop_padding, self.flip = seed, crop_padding, flip
         self.rank, self.world_size = rank, world_size
+        self.sample_indices = sample_indices
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         self.images = dataset.images.permute(0, 2, 3, 1).contiguous().to(self.device)  # N H W C
@@ -590,7 +685,7 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         if not self.train:
             return self._test_batches()
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -604,7 +699,8 @@ class BatchLoader:
         positions = self._test_positions()
         for start in range(positions.start, positions.stop, self.batch_size):
             stop = min(start + self.batch_size, positions.stop)
-            yield self._finish(self.images[start:stop]), self.labels[start:stop]
+            index = torch.arange(start, stop, device=self.device)
+            yield self._batch(self.images[start:stop], index)
 
     def _train_batches(self, epoch: int):
         n = len(self.dataset)
@@ -620,7 +716,12 @@ class BatchLoader:
             batch = slice(start, start + self.batch_size)
             index = order[batch]
             images = self._crop_and_flip(self.images[index], offsets[batch], flips[batch])
-            yield self._finish(images), self.labels[index]
+            yield self._batch(images, index)
+
+    def _batch(self, images: torch.Tensor, index: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """uint8 (B, H, W, C) images at dataset positions ``index`` -> the yielded tuple."""
+        batch = (self._finish(images), self.labels[index])
+        return (*batch, index) if self.sample_indices else batch
 
     def _crop_and_flip(self, images: torch.Tensor, offsets: torch.Tensor,
                        flips: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ ipywidgets box that redraws a figure when a control changes.
 - ``cam_view`` / ``cam_explorer``: one image, one class, one or all models; the explorer
   (live ipywidgets, or a static figure for batch runs).
 - ``accuracy_bars``: test accuracies of runs as labelled bars, with chance as a line.
+- ``table_bars`` / ``table_lines``: a report table (``catkd.report``), mean and std over seeds.
 
 A "model output" is the pair ``(logits (N, K), cams (N, K, h, w))`` that a converted model
 (``catkd.cam.convert``) returns; figures take them in a dict keyed by the model's name.
@@ -29,7 +30,7 @@ from torch import nn
 from catkd import cam, data
 
 __all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer",
-           "accuracy_bars"]
+           "accuracy_bars", "table_bars", "table_lines"]
 
 Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -253,6 +254,142 @@ def accuracy_bars(accuracies: Mapping[str, float], chance: float | None = None,
     if chance is not None:
         axis.axhline(chance, color="tab:red", linestyle="--", linewidth=1, label="chance")
         axis.legend(fontsize=8, loc="lower right")
+    if title:
+        axis.set_title(title, fontsize=9)
+    return figure
+
+
+def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor,
+                      maps: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
+                      class_names: Sequence[str] | None = None, size: float = 1.45) -> Figure:
+    """CAMs over their object masks: one row per image, one column per model.
+
+    pixels: (n, C, H, W) images in [0, 1]; masks: bool (n, H, W) object masks.
+    maps: {model name: (n, h, w)}, each image's CAM of one class (e.g. its label).
+    The first column is the image, titled with its label when ``labels`` and ``class_names``
+    are given; each other panel is a model's CAM over the image with the mask's outline in white.
+    """
+    if not maps:
+        raise ValueError("localisation_grid needs at least one model's CAMs")
+    n = len(pixels)
+    if masks.shape != (n, *pixels.shape[2:]):
+        raise ValueError(f"masks must be (n, H, W) = {(n, *pixels.shape[2:])}, got "
+                         f"{tuple(masks.shape)}")
+    wrong = {name: tuple(m.shape) for name, m in maps.items() if m.dim() != 3 or len(m) != n}
+    if wrong:
+        raise ValueError(f"each model's CAMs must be (n, h, w) with n = {n}, got {wrong}")
+    figure = Figure(figsize=(size * (1 + len(maps)), size * 1.15 * n), layout="constrained")
+    axes = np.asarray(figure.subplots(n, 1 + len(maps), squeeze=False))
+    for i in range(n):
+        axes[i, 0].imshow(_display(pixels[i]), cmap="gray", vmin=0, vmax=1)
+        if labels is not None and class_names is not None:
+            axes[i, 0].set_title(class_names[int(labels[i])], fontsize=8)
+        axes[i, 0].axis("off")
+        outline = masks[i].detach().cpu().float().numpy()
+        for axis, (name, model_maps) in zip(axes[i, 1:], maps.items()):
+            axis.imshow(cam.overlay(pixels[i], model_maps[i].detach().cpu()))
+            axis.contour(outline, levels=[0.5], colors="white", linewidths=0.8)
+            if i == 0:
+                axis.set_title(name, fontsize=9)
+            axis.axis("off")
+    return figure
+
+
+def seed_bars(values: Mapping[str, Mapping[str, Sequence[float]]],
+              references: Mapping[str, Mapping[str, float]] | None = None,
+              size: tuple[float, float] | None = None) -> Figure:
+    """One panel per metric: a bar per run label at the mean over seeds, the standard deviation
+    as an error bar and each seed's value as a dot.
+
+    values: {metric name: {run label: one value per seed}}; every metric lists the same labels.
+    references: {line label: {metric name: value}}, drawn as dashed lines (e.g. a teacher, chance)
+    in the panels of the metrics they give.
+    """
+    if not values:
+        raise ValueError("seed_bars needs at least one metric")
+    labels = list(next(iter(values.values())))
+    if any(list(per_label) != labels for per_label in values.values()):
+        raise ValueError(f"every metric must list the same run labels, in order: {labels}")
+    figure = Figure(figsize=size or (2.6 * len(values), 2.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(values)))
+    x = np.arange(len(labels))
+    for axis, (metric, per_label) in zip(axes, values.items()):
+        samples = [np.asarray(per_label[label], dtype=float) for label in labels]
+        means = [sample.mean() for sample in samples]
+        spreads = [sample.std(ddof=1) if len(sample) > 1 else 0.0 for sample in samples]
+        axis.bar(x, means, yerr=spreads, color="tab:blue", alpha=0.6, capsize=3)
+        for position, sample in zip(x, samples):
+            axis.scatter(np.full(len(sample), position), sample, color="black", s=8, zorder=3)
+        for (line, per_metric), colour in zip((references or {}).items(),
+                                              ("tab:red", "tab:grey", "tab:green")):
+            if metric in per_metric:
+                axis.axhline(per_metric[metric], color=colour, linestyle="--", linewidth=1,
+                             label=line)
+        axis.set_xticks(x, labels, fontsize=8, rotation=30)
+        axis.set_title(metric, fontsize=9)
+    if references:
+        axes[0].legend(fontsize=7)
+    return figure
+
+
+def table_bars(cells: Sequence, title: str = "", size: tuple[float, float] | None = None) -> Figure:
+    """A report table (``catkd.report.cells``) as bars: one panel per column, one bar per row
+    at the mean best accuracy over seeds, the std as an error bar, each seed as a dot, and the
+    paper's number as a red dash where it reports the cell. Cells with no finished run are left
+    out (the table says which)."""
+    finished = [cell for cell in cells if cell.finished]
+    if not finished:
+        raise ValueError("table_bars needs a cell with at least one finished run")
+    columns = list(dict.fromkeys(cell.column for cell in finished))
+    width = max(len([cell for cell in finished if cell.column == column]) for column in columns)
+    figure = Figure(figsize=size or (0.6 + (0.5 * width + 0.4) * len(columns), 3.0),
+                    layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(columns), sharey=True))
+    for axis, column in zip(axes, columns):
+        group = [cell for cell in finished if cell.column == column]
+        means, stds = zip(*(cell.mean_std("best") for cell in group))
+        x = np.arange(len(group))
+        axis.bar(x, means, yerr=stds, color="tab:blue", alpha=0.6, capsize=3)
+        for position, cell in zip(x, group):
+            axis.scatter(np.full(len(cell.best), position), cell.best, color="black", s=6,
+                         zorder=3)
+            if cell.paper is not None:
+                axis.hlines(cell.paper, position - 0.4, position + 0.4, color="tab:red",
+                            linewidth=2, zorder=4, label="paper" if position == 0 else None)
+        axis.set_xticks(x, [cell.row for cell in group], fontsize=8, rotation=45, ha="right")
+        axis.set_title(column, fontsize=8)
+        low = min(min(cell.best) for cell in group)
+        axis.set_ylim(max(0.0, low - 3), min(100.0, max(max(cell.best) for cell in group) + 2))
+    axes[0].set_ylabel("best test accuracy (%)", fontsize=9)
+    if any(cell.paper is not None for cell in finished):
+        axes[0].legend(fontsize=7, loc="lower left")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def table_lines(cells: Sequence, x_axis: str = "column", xlabel: str = "", title: str = "",
+                log_x: bool = False, size: tuple[float, float] = (4.2, 3.0)) -> Figure:
+    """A report table whose rows or columns are numbers (beta, a fraction, teacher epochs) as
+    lines: x from each cell's ``x_axis`` ("column" or "row", read as a number), one line per
+    label of the other axis at the mean best accuracy, with the std as a band."""
+    finished = [cell for cell in cells if cell.finished]
+    if not finished:
+        raise ValueError("table_lines needs a cell with at least one finished run")
+    other = "row" if x_axis == "column" else "column"
+    figure = Figure(figsize=size, layout="constrained")
+    axis = figure.subplots()
+    for name in dict.fromkeys(getattr(cell, other) for cell in finished):
+        line = sorted((float(getattr(cell, x_axis)), *cell.mean_std("best"))
+                      for cell in finished if getattr(cell, other) == name)
+        x, means, stds = (np.array(values) for values in zip(*line))
+        axis.plot(x, means, marker="o", markersize=3, label=name)
+        axis.fill_between(x, means - stds, means + stds, alpha=0.2)
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_xlabel(xlabel or x_axis, fontsize=9)
+    axis.set_ylabel("best test accuracy (%)", fontsize=9)
+    axis.legend(fontsize=7)
     if title:
         axis.set_title(title, fontsize=9)
     return figure

@@ -9,8 +9,14 @@ device, a batch size or a number of classes K. Half-precision inputs are compute
 - ``kd_loss``: Hinton's knowledge distillation.
 - ``dkd_loss``: decoupled knowledge distillation (Zhao et al., CVPR 2022).
 - ``at_loss``: attention transfer (Zagoruyko & Komodakis, ICLR 2017).
+- ``hint_loss``: FitNets' hint (Romero et al., ICLR 2015).
+- ``rkd_distance_loss``, ``rkd_angle_loss``: relational KD (Park et al., CVPR 2019).
+- ``ofd_margins``, ``ofd_loss``: overhaul of feature distillation (Heo et al., ICCV 2019).
+- ``crd_loss``: contrastive representation distillation's NCE loss (Tian et al., ICLR 2020).
+- ``hcl_loss``: ReviewKD's hierarchical context loss (Chen et al., CVPR 2021).
 """
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -252,4 +258,210 @@ def at_loss(
         student = F.adaptive_avg_pool2d(_at_least_float32(student), common_size)
         teacher = F.adaptive_avg_pool2d(_at_least_float32(teacher.detach()), common_size)
         total = total + (_attention_map(student, p) - _attention_map(teacher, p)).pow(2).mean()
+    return total
+
+
+def _check_pairs(name: str, student_features: Sequence[torch.Tensor],
+                 teacher_features: Sequence[torch.Tensor]) -> None:
+    if len(student_features) != len(teacher_features) or len(student_features) == 0:
+        raise ValueError(
+            f"{name} needs the same, non-zero number of student and teacher maps, got "
+            f"{len(student_features)} and {len(teacher_features)}"
+        )
+
+
+def hint_loss(student_hint: torch.Tensor, teacher_hint: torch.Tensor) -> torch.Tensor:
+    """FitNets' hint: mean squared difference of (N, C, H, W) maps of the same shape.
+
+    ``student_hint`` is the student's map after the regressor that gives it the teacher's shape.
+    Averaged over every element; a scalar.
+    """
+    _check_4d("student_hint", student_hint)
+    if student_hint.shape != teacher_hint.shape:
+        raise ValueError(
+            "student_hint (after the regressor) and teacher_hint must have the same shape, got "
+            f"{tuple(student_hint.shape)} and {tuple(teacher_hint.shape)}"
+        )
+    teacher_hint = _at_least_float32(teacher_hint.detach())
+    return (_at_least_float32(student_hint) - teacher_hint).pow(2).mean()
+
+
+def _check_embeddings(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0] \
+            or student.shape[0] < 2:
+        raise ValueError(
+            "student and teacher features must be (N, D_s) and (N, D_t) with the same N >= 2, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+
+
+def _normalised_distances(features: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (N, N) Euclidean distances divided by their mean over the off-diagonal pairs."""
+    squared_norms = features.pow(2).sum(dim=1)
+    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * features @ features.T
+    # Clamped before the root: a zero distance (the diagonal) has no gradient through sqrt.
+    distances = squared.clamp_min(1e-12).sqrt()
+    off_diagonal = ~torch.eye(len(features), dtype=torch.bool, device=features.device)
+    distances = distances * off_diagonal
+    return distances / distances[off_diagonal].mean()
+
+
+def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """RKD distance loss of (N, D_s) student and (N, D_t) teacher features (D may differ).
+
+    Pairwise Euclidean distances within the batch, each side divided by its mean distance over
+    the N(N-1) off-diagonal pairs; the Huber (smooth L1, threshold 1) difference averaged over
+    all N*N entries (the diagonal is 0 on both sides). A scalar.
+    """
+    _check_embeddings(student, teacher)
+    teacher_distances = _normalised_distances(_at_least_float32(teacher.detach()))
+    student_distances = _normalised_distances(_at_least_float32(student))
+    return F.smooth_l1_loss(student_distances, teacher_distances)
+
+
+def _angles(features: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (N, N, N): cosine of the angle at vertex j between e_i - e_j and e_k - e_j,
+    entry [j, i, k]; 0 where i or k equals j."""
+    directions = F.normalize(features[None, :, :] - features[:, None, :], dim=2)  # [j, i]
+    return directions @ directions.transpose(1, 2)
+
+
+def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """RKD angle loss of (N, D_s) student and (N, D_t) teacher features.
+
+    For every triplet (i, j, k) of the batch, the cosine of the angle at j of the triangle
+    e_i, e_j, e_k; the Huber (smooth L1, threshold 1) difference averaged over the N^3 triplets.
+    A scalar.
+    """
+    _check_embeddings(student, teacher)
+    teacher_angles = _angles(_at_least_float32(teacher.detach()))
+    return F.smooth_l1_loss(_angles(_at_least_float32(student)), teacher_angles)
+
+
+def ofd_margins(bn_weight: torch.Tensor, bn_bias: torch.Tensor) -> torch.Tensor:
+    """OFD's margin per channel: E[x | x < 0] for x ~ N(bias, weight^2), the distribution a
+    BatchNorm's output has; (C,) weights and biases -> (C,) margins (negative).
+
+    m - s * phi(m / s) / Phi(-m / s) with s = |weight|, m = bias; where fewer than 0.1% of the
+    values are negative (Phi(-m/s) <= 0.001) the expectation is unstable and -3s is used.
+    """
+    if bn_weight.dim() != 1 or bn_weight.shape != bn_bias.shape:
+        raise ValueError(f"bn_weight and bn_bias must both be (C,), got "
+                         f"{tuple(bn_weight.shape)} and {tuple(bn_bias.shape)}")
+    # A zero scale (a dead channel) would divide by zero: treat it as a tiny one.
+    scale = _at_least_float32(bn_weight.detach()).abs().clamp_min(1e-12)
+    mean = _at_least_float32(bn_bias.detach())
+    negative_mass = torch.special.ndtr(-mean / scale)
+    density = torch.exp(-((mean / scale) ** 2) / 2) / math.sqrt(2 * math.pi)
+    expectation = mean - scale * density / negative_mass.clamp_min(1e-12)
+    return torch.where(negative_mass > 0.001, expectation, -3 * scale)
+
+
+def ofd_loss(
+    student_features: Sequence[torch.Tensor],
+    teacher_features: Sequence[torch.Tensor],
+    margins: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """OFD's partial L2 distance between pre-ReLU maps, over stages.
+
+    Args:
+        student_features: one (N, C_i, H_i, W_i) map per stage: the student's pre-ReLU map after
+            its connector, so it has the teacher's channels.
+        teacher_features: one (N, C_i, H'_i, W'_i) teacher pre-ReLU map per stage, at least as
+            large as the student's: it is adaptively average pooled to (H_i, W_i).
+        margins: one (C_i,) margin per stage (``ofd_margins``).
+
+    Per stage the target is max(teacher, margin); a position counts unless both the student is
+    at or below the target and the target is at or below 0 (a ReLU would make both zero). The
+    squared differences are summed over C, H, W and averaged over N; stage i of n is weighted
+    1 / 2^(n-1-i), so the deepest counts fully. Returns the scalar sum over stages.
+    """
+    _check_pairs("ofd_loss", student_features, teacher_features)
+    if len(margins) != len(student_features):
+        raise ValueError(f"ofd_loss needs one margin per stage, got {len(margins)} margins for "
+                         f"{len(student_features)} stages")
+    count = len(student_features)
+    total = 0.0
+    for stage, (student, teacher, margin) in enumerate(
+            zip(student_features, teacher_features, margins)):
+        _check_4d(f"student_features[{stage}]", student)
+        _check_4d(f"teacher_features[{stage}]", teacher)
+        if (student.shape[:2] != teacher.shape[:2] or margin.shape != student.shape[1:2]
+                or student.shape[2] > teacher.shape[2] or student.shape[3] > teacher.shape[3]):
+            raise ValueError(
+                f"stage {stage}: student (N, C, H, W), teacher (N, C, H', W') with H' >= H, "
+                f"W' >= W and margin (C,) needed, got {tuple(student.shape)}, "
+                f"{tuple(teacher.shape)} and {tuple(margin.shape)}"
+            )
+        student = _at_least_float32(student)
+        teacher = F.adaptive_avg_pool2d(_at_least_float32(teacher.detach()), student.shape[2:])
+        target = torch.maximum(teacher, _at_least_float32(margin)[:, None, None])
+        counted = (student > target) | (target > 0)
+        squared = (student - target).pow(2) * counted
+        total = total + squared.sum() / len(student) / 2 ** (count - 1 - stage)
+    return total
+
+
+_NCE_EPS = 1e-7  # CRD's guard against a zero denominator
+
+
+def crd_loss(scores: torch.Tensor, dataset_size: int) -> torch.Tensor:
+    """CRD's NCE loss for one side (student or teacher embedding against the other's memory).
+
+    Args:
+        scores: (N, K + 1) normalised scores exp(<v, m_j> / T) / Z of each sample against its
+            own memory entry (column 0, the positive) and K negatives.
+        dataset_size: the number of training samples, whose uniform 1 / size is the noise
+            distribution.
+
+    The positive's probability of being real, P / (P + K / size), and each negative's of being
+    noise, (K / size) / (P + K / size), are log-summed and averaged over the batch, negated.
+    A scalar.
+    """
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be (N, K + 1) with K >= 1 negatives, got "
+                         f"{tuple(scores.shape)}")
+    if dataset_size < 1:
+        raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
+    scores = _at_least_float32(scores)
+    noise = (scores.shape[1] - 1) / dataset_size
+    positive, negatives = scores[:, 0], scores[:, 1:]
+    log_real = torch.log(positive / (positive + noise + _NCE_EPS))
+    log_noise = torch.log(noise / (negatives + noise + _NCE_EPS))
+    return -(log_real.sum() + log_noise.sum()) / len(scores)
+
+
+_HCL_LEVELS = (4, 2, 1)  # ReviewKD's context pyramid: pooled sides, each at half the weight
+
+
+def hcl_loss(student_features: Sequence[torch.Tensor],
+             teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss, summed over levels.
+
+    Args:
+        student_features, teacher_features: one (N, C_i, H_i, W_i) map per level, the same shape
+            on both sides (the student's after its fusion modules).
+
+    Per level: the mean squared difference at full size (weight 1), plus, for each side l in
+    4, 2, 1 smaller than H_i, the mean squared difference of both maps average pooled to l x l
+    (weights 1/2, 1/4, 1/8); divided by the sum of the weights used. A scalar.
+    """
+    _check_pairs("hcl_loss", student_features, teacher_features)
+    total = 0.0
+    for level, (student, teacher) in enumerate(zip(student_features, teacher_features)):
+        _check_4d(f"student_features[{level}]", student)
+        if student.shape != teacher.shape:
+            raise ValueError(f"level {level}: student and teacher maps must have the same shape, "
+                             f"got {tuple(student.shape)} and {tuple(teacher.shape)}")
+        student = _at_least_float32(student)
+        teacher = _at_least_float32(teacher.detach())
+        loss, weight, weights = F.mse_loss(student, teacher), 1.0, 1.0
+        for side in _HCL_LEVELS:
+            if side >= student.shape[2]:
+                continue
+            weight /= 2
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(student, side),
+                                              F.adaptive_avg_pool2d(teacher, side))
+            weights += weight
+        total = total + loss / weights
     return total

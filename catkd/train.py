@@ -13,13 +13,16 @@ folder:
 
 A run folder is identified by its config: ``fit`` on a config whose folder holds a finished
 run returns it without training; an unfinished one is resumed from ``last.pt``; a folder made
-by a different config is an error. Under ``torchrun`` the loop runs as DDP (NCCL on GPUs, gloo
+by a different config is an error, and so is one that cannot be read. Two processes that reach
+the same run (a sweep's parallel jobs, two notebooks) train it once: a lock file beside the
+folder makes the second wait. Under ``torchrun`` the loop runs as DDP (NCCL on GPUs, gloo
 on CPUs): each rank trains on its shard, metrics are summed over ranks, rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torchvision
 from torch import nn
+import yaml
 from tqdm import tqdm
 
 from catkd import __version__, config as configs, data, methods, models
@@ -273,7 +277,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
             "per_class": per_class.tolist()}
 
 
-def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: int):
+def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: int,
+             sample_indices: bool = False):
     spec, runtime = config["data"], config["runtime"]
     if spec["dataset"] == "imagenet":
         return tuple(data.imagenet_loader(split, spec["batch_size"], spec["root"],
@@ -282,7 +287,7 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
     common = dict(batch_size=spec["batch_size"], device=device, seed=config["seed"],
                   rank=rank, world_size=world_size, channels_last=runtime["channels_last"])
     train_loader = data.BatchLoader(train_set, train=True, crop_padding=spec["crop_padding"],
-                                    flip=spec["flip"], **common)
+                                    flip=spec["flip"], sample_indices=sample_indices, **common)
     test_loader = data.BatchLoader(test_set, train=False, **common)
     return train_loader, test_loader
 
@@ -292,16 +297,21 @@ def train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, sche
                  epoch: int, device: torch.device, bf16: bool,
                  memory_format: torch.memory_format, schedule_kind: str, desc: str) -> dict:
     """One pass over ``loader``; returns each loss term's mean ("loss_<term>"), their sum
-    ("loss") and the training accuracy, averaged over every rank's samples."""
+    ("loss") and the training accuracy, averaged over every rank's samples.
+
+    A batch is ``(images, labels)``, or ``(images, labels, indices)`` from a loader made with
+    ``sample_indices=True`` for a method that ``needs_sample_indices``: the indices are passed
+    on to the method as its fourth argument."""
     method.train()
     totals: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = 0
-    for images, labels in progress(loader, desc=desc):
+    for images, labels, *indices in progress(loader, desc=desc):
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
+        indices = [index.to(device, non_blocking=True) for index in indices]
         with _autocast(device, bf16):
-            logits, losses = step(images, labels, epoch)
+            logits, losses = step(images, labels, epoch, *indices)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
@@ -326,20 +336,49 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     """Train what ``config`` describes (a dict or YAML path, plus ``key=value`` overrides).
 
     Returns the finished ``Run``. A finished run with the same config is returned as it is; an
-    unfinished one resumes from its last epoch.
+    unfinished one resumes from its last epoch. Processes that reach the same run together train
+    it once: the others wait for it.
     """
     config = configs.resolve(config, overrides)
     rank, world_size = _distributed()
     path = Path(config["out"]) / configs.run_name(config)
-    finished = _existing_run(path, config)
-    if finished is not None:
-        return finished
-    runtime = config["runtime"]
-    device = _device(runtime["device"])
 
     def log(message: str) -> None:
         if not quiet and rank == 0:
             print(message, flush=True)
+
+    # Under DDP rank 0 claims the folder for the job; the barrier keeps the other ranks from
+    # looking at it before rank 0 holds the claim.
+    with _claim(path, rank == 0, log):
+        if dist.is_initialized():
+            dist.barrier()
+        return finished_run(path, config) or _train(config, path, rank, world_size, quiet, log)
+
+
+@contextlib.contextmanager
+def _claim(path: Path, lock: bool, log) -> Iterator[None]:
+    """Hold an exclusive lock on run folder ``path`` (a file beside it) for the block.
+
+    A second process that reaches the same run waits here, then finds it finished (or resumes
+    it if the first one died: the operating system releases the lock of a killed process).
+    """
+    if not lock:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for the process that is training {path}")
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
+def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, log) -> Run:
+    """The training loop of ``fit``, for a run folder that holds no finished run."""
+    runtime = config["runtime"]
+    device = _device(runtime["device"])
 
     if config["data"]["dataset"] == "imagenet":
         train_set, test_set, shape = None, None, (1000, 3)
@@ -351,11 +390,14 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     # the teacher was trained in this process or loaded.
     _seed_everything(config["seed"], runtime["deterministic"])
     student = build_student(config, shape)
-    method = methods.create(config["method"], student, teacher, **config["loss"]).to(device)
+    method = methods.create(config["method"], student, teacher,
+                            train_labels=train_set.labels if train_set is not None else None,
+                            **config["loss"]).to(device)
     memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
-    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size)
+    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
+                                         method.needs_sample_indices)
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
     step = method
@@ -420,7 +462,8 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
                "per_class_acc": evaluation["per_class"],
                "num_classes": shape[0], "in_channels": shape[1],
                "image_size": test_set.image_size if test_set else 224,
-               "student_parameters": sum(p.numel() for p in student.parameters())}
+               "student_parameters": sum(p.numel() for p in student.parameters()),
+               "extra_parameters": method.extra_parameter_count()}
     if rank == 0:
         (path / SUMMARY).write_text(json.dumps(summary, indent=1))
     if dist.is_initialized():
@@ -429,15 +472,25 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     return Run(path, config, summary)
 
 
-def _existing_run(path: Path, config: dict) -> Run | None:
-    """The finished run in ``path`` if there is one; an error if ``path`` holds another config."""
+def finished_run(path: Path, config: dict) -> Run | None:
+    """The finished run of ``config`` in folder ``path``, or None if it has not finished (or
+    not started). A folder made by another config, or one whose files cannot be read, is a
+    ValueError: it is never silently used or overwritten."""
     if not (path / "config.yaml").is_file():
         return None
-    existing = configs.load_file(path / "config.yaml")
-    if configs.identity(existing) != configs.identity(config):
+    try:
+        existing = configs.load_file(path / "config.yaml")
+        same = configs.identity(configs.resolve(existing)) == configs.identity(config)
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is corrupt ({path / 'config.yaml'}: {error}); move it away "
+                         f"to train this run again") from error
+    if not same:
         raise ValueError(f"{path} holds a run of a different config; choose another name or "
                          f"out folder (its config: {path / 'config.yaml'})")
-    if (path / SUMMARY).is_file():
+    if not (path / SUMMARY).is_file():
+        return None
+    try:
         return Run.open(path)
-    return None
-
+    except (ValueError, KeyError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is corrupt ({path / SUMMARY}: {error}); move it away to "
+                         f"train this run again") from error

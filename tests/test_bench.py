@@ -12,7 +12,11 @@ def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
     assert json.loads(out.read_text()) == results
     assert set(results["images_per_second"]) == {"authors", "fast"}
     assert all(rate > 0 for rate in results["images_per_second"].values())
-    assert set(results["step_ms"]) == {"ce", "kd", "catkd"}
+    assert tuple(results["step_ms"]) == bench.STEP_METHODS
+    assert {"fitnet", "rkd", "ofd", "crd", "reviewkd"} < set(bench.STEP_METHODS)
+    assert set(results["extra_parameters"]) == set(bench.STEP_METHODS)
+    assert results["extra_parameters"]["ce"] == results["extra_parameters"]["rkd"] == 0
+    assert results["extra_parameters"]["fitnet"] > 0
     assert results["catkd_over_kd"] == results["step_ms"]["catkd"] / results["step_ms"]["kd"]
     assert results["peak_memory_mb"] > 0
     printed = capsys.readouterr().out

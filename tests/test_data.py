@@ -4,6 +4,7 @@ No test touches the network: an autouse fixture makes every urllib request fail,
 that exercise the download path replace torchvision's dataset classes with fakes.
 """
 
+import dataclasses
 import gzip
 import urllib.error
 import urllib.request
@@ -50,7 +51,7 @@ def labels_of(loader):
 # ----------------------------------------------------------------------------------- by name
 def test_names_and_errors():
     assert set(data.names()) == {"cifar100", "fashion-mnist", "digits", "stl10", "tiny-imagenet",
-                                 "synthetic", "imagenet"}
+                                 "synthetic", "synthetic-distractors", "imagenet"}
     with pytest.raises(ValueError, match="cifar100.*fashion-mnist"):
         load("mnist")
     with pytest.raises(ValueError, match="train, test"):
@@ -262,6 +263,68 @@ def test_synthetic_splits():
     test = load("synthetic", "test")
     assert len(test) == 2000 and test.num_classes == 10 and test.masks is not None
     assert not torch.equal(test.images[:100], data.synthetic(100, seed=0).images)
+
+
+def test_synthetic_difficulty_defaults_are_the_synthetic_dataset():
+    default = data.synthetic(300, seed=4)
+    explicit = data.synthetic(300, seed=4, difficulty=data.SyntheticDifficulty())
+    assert torch.equal(default.images, explicit.images)
+    assert data.SYNTHETIC_VARIANTS["synthetic"] == data.SyntheticDifficulty()
+    hard = load("synthetic-distractors", "test")
+    assert hard.name == "synthetic-distractors" and len(hard) == 2000 and hard.masks is not None
+    assert torch.equal(hard.labels, load("synthetic", "test").labels)  # only the pixels differ
+
+
+def test_synthetic_distractors_reproducible_and_outside_the_mask():
+    flat = dict(texture=0.0, noise=0.0)  # a constant background: every other pixel is an object
+    difficulty = data.SyntheticDifficulty(distractors=2, **flat)
+    a = data.synthetic(200, num_classes=20, seed=7, difficulty=difficulty)
+    b = data.synthetic(200, num_classes=20, seed=7, difficulty=difficulty)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.images, data.synthetic(200, num_classes=20, seed=8,
+                                                    difficulty=difficulty).images)
+    plain = data.synthetic(200, num_classes=20, seed=7, difficulty=data.SyntheticDifficulty(**flat))
+    assert torch.equal(a.masks, plain.masks)  # distractors leave the object and its mask alone
+    extra = []
+    for image, clean, mask in zip(a.images, plain.images, a.masks):
+        # The object is drawn last, in one colour: its mask shows nothing else.
+        assert torch.equal(image[:, mask], clean[:, mask])
+        assert (image[:, mask] == image[:, mask][:, :1]).all()
+        extra.append((image != clean).any(0).sum().item())
+    # Distractors (radius 8-12% of the side) add pixels outside the mask in every image.
+    assert min(extra) > 5
+
+
+def test_synthetic_difficulty_changes_the_images():
+    def background_std(difficulty):
+        ds = data.synthetic(200, seed=2, difficulty=difficulty)
+        pixels = ds.images.float()[:, 0]
+        return pixels[~ds.masks].std().item()
+
+    base = data.SyntheticDifficulty()
+    calm = background_std(dataclasses.replace(base, texture=0.0, noise=0.0))
+    assert background_std(dataclasses.replace(base, texture=0.3)) > background_std(base) > calm
+    assert background_std(dataclasses.replace(base, noise=0.2)) > background_std(base)
+    small = data.synthetic(200, seed=2, difficulty=data.SyntheticDifficulty(radius=(0.1, 0.15)))
+    large = data.synthetic(200, seed=2, difficulty=data.SyntheticDifficulty(radius=(0.3, 0.4)))
+    assert small.masks.sum((1, 2)).float().mean() * 3 < large.masks.sum((1, 2)).float().mean()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(radius=(0.3, 0.2)), "radius"), (dict(radius=(0.0, 0.2)), "radius"),
+    (dict(radius=(0.2, 0.5)), "radius"), (dict(texture=-0.1), "texture"),
+    (dict(noise=-0.1), "noise"), (dict(distractors=-1), "distractors"),
+    (dict(distractors=1.5), "distractors"),
+    (dict(distractors=1, distractor_radius=(0.1, 0.2)), "distractor_radius"),
+])
+def test_synthetic_bad_difficulty(settings, message):
+    with pytest.raises(ValueError, match=message):
+        data.SyntheticDifficulty(**settings)
+
+
+def test_synthetic_distractors_need_other_classes():
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        data.synthetic(10, num_classes=1, difficulty=data.SyntheticDifficulty(distractors=1))
 
 
 # --------------------------------------------------------------------------------- reductions

@@ -134,3 +134,30 @@ def test_accuracy_bars_draw_one_labelled_bar_per_run_and_chance():
     assert len(figures.accuracy_bars({"a": 50.0}).axes[0].lines) == 0
     with pytest.raises(ValueError):
         figures.accuracy_bars({})
+
+
+def test_localisation_grid_draws_a_panel_per_image_and_model():
+    synthetic = data.synthetic(3, seed=0)
+    _, pixels, labels = figures.pick(synthetic, range(3))
+    maps = {"teacher": torch.rand(3, 8, 8), "student": torch.rand(3, 4, 4)}
+    figure = figures.localisation_grid(pixels, synthetic.masks, maps, labels, synthetic.classes)
+    assert isinstance(figure, Figure) and len(figure.axes) == 3 * 3
+    assert figure.axes[0].get_title() == synthetic.classes[int(labels[0])]
+    assert [axis.get_title() for axis in figure.axes[1:3]] == ["teacher", "student"]
+    with pytest.raises(ValueError, match="masks"):
+        figures.localisation_grid(pixels, synthetic.masks[:2], maps)
+    with pytest.raises(ValueError, match="student"):
+        figures.localisation_grid(pixels, synthetic.masks, {"student": torch.rand(2, 4, 4)})
+
+
+def test_seed_bars_draw_a_panel_per_metric():
+    values = {"accuracy": {"ce": [70.0, 72.0], "catkd": [90.0, 91.0]},
+              "iou": {"ce": [0.4, 0.5], "catkd": [0.5, 0.6]}}
+    figure = figures.seed_bars(values, {"teacher": {"accuracy": 99.0, "iou": 0.6},
+                                        "chance": {"accuracy": 10.0}})
+    assert [axis.get_title() for axis in figure.axes] == ["accuracy", "iou"]
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["teacher", "chance"]
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["ce", "catkd"]
+    with pytest.raises(ValueError, match="same run labels"):
+        figures.seed_bars({"a": {"ce": [1.0]}, "b": {"kd": [1.0]}})

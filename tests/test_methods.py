@@ -271,7 +271,8 @@ def test_at_stage_mismatch_names_both_models_stages():
 
 # ----------------------------------------------------------------------------- registry
 def test_settings_are_the_reference_defaults():
-    assert methods.names() == ["at", "cat", "catkd", "ce", "dkd", "kd"]
+    assert methods.names() == ["at", "cat", "catkd", "ce", "crd", "dkd", "fitnet", "kd", "ofd",
+                               "reviewkd", "rkd"]
     assert methods.settings("ce") == {}
     assert methods.settings("kd") == dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0)
     assert methods.settings("dkd") == dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0,
@@ -285,10 +286,10 @@ def test_settings_are_the_reference_defaults():
 
 def test_unknown_method_lists_valid_names():
     student, teacher = make_models()
-    with pytest.raises(ValueError, match="'catdk'.*at, cat, catkd, ce, dkd, kd"):
+    with pytest.raises(ValueError, match="'catdk'.*at, cat, catkd, ce, crd, dkd, fitnet, kd"):
         methods.create("catdk", student, teacher)
     with pytest.raises(ValueError, match="valid names"):
-        methods.settings("fitnet")
+        methods.settings("fitnets")
 
 
 def test_unknown_setting_is_named_with_the_valid_ones():

@@ -3,8 +3,9 @@
 Each numbered notebook is copied with the smoke parameters injected (papermill, prepare_only),
 then run by ``pytest --nbval-lax`` in a subprocess: every cell must run without error, so
 every assert cell (the notebook's stated claims) must hold at the smoke size. The profiles are
-checked too: they set only parameters the notebooks have, batch runs are never interactive,
-and the configs they name resolve (no data or GPU needed for that).
+checked too: each is a shared file (the parameters every notebook has) plus, per notebook, a
+file of its own values; they set only parameters the notebooks have, batch runs are never
+interactive, and the files they name exist (no data or GPU needed for that).
 """
 
 import ast
@@ -21,53 +22,77 @@ from catkd import config
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-PROFILES = sorted((ROOT / "notebooks" / "profiles").glob("*.yaml"))
+PROFILE_DIR = ROOT / "notebooks" / "profiles"
+PROFILES = sorted(PROFILE_DIR.glob("*.yaml"))
+# Every notebook declares these; a profile's <name>.yaml sets exactly them.
+SHARED = {"profile", "overrides", "out", "device"}
 
 
-def profile(name: str) -> dict:
-    return yaml.safe_load((ROOT / "notebooks" / "profiles" / f"{name}.yaml").read_text())
+def profile(name: str, notebook: Path) -> dict:
+    """The parameters papermill gets for ``notebook`` under profile ``name``: the shared file,
+    then the notebook's own file if there is one (as `make book` passes them: -f, -f)."""
+    values = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+    own = PROFILE_DIR / name / f"{notebook.stem}.yaml"
+    if own.is_file():
+        values.update(yaml.safe_load(own.read_text()) or {})
+    return values
 
 
 def test_the_profiles_and_notebooks_exist():
     assert [path.stem for path in PROFILES] == ["paper", "quick", "smoke"]
     assert NOTEBOOKS, "no numbered notebook in notebooks/"
+    stems = {notebook.stem for notebook in NOTEBOOKS}
+    for path in PROFILE_DIR.glob("*/*.yaml"):
+        assert path.stem in stems, f"{path} names no notebook"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
 def test_profiles_set_only_parameters_of_the_notebook(notebook):
     parameters = papermill.inspect_notebook(str(notebook))
     assert parameters, f"{notebook.name} has no cell tagged 'parameters'"
-    assert "interactive" in parameters
+    assert SHARED <= set(parameters), f"{notebook.name} lacks {SHARED - set(parameters)}"
     for path in PROFILES:
-        unknown = set(yaml.safe_load(path.read_text())) - set(parameters)
-        assert not unknown, f"{path.name} sets {unknown}, not parameters of {notebook.name}"
+        assert set(yaml.safe_load(path.read_text())) == SHARED, path.name
+        unknown = set(profile(path.stem, notebook)) - set(parameters)
+        assert not unknown, f"{path.stem} sets {unknown}, not parameters of {notebook.name}"
+        if "interactive" in parameters:
+            assert profile(path.stem, notebook)["interactive"] is False, "batch runs are static"
 
 
-def test_quick_profile_is_the_parameters_cell_default():
-    for notebook in NOTEBOOKS:
-        parameters = papermill.inspect_notebook(str(notebook))
-        for name, value in profile("quick").items():
-            if name in parameters and name != "interactive":
-                default = ast.literal_eval(parameters[name]["default"])
-                assert default == value, f"{notebook.name}: {name} is {default!r}, quick {value!r}"
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
+def test_quick_profile_is_the_parameters_cell_default(notebook):
+    parameters = papermill.inspect_notebook(str(notebook))
+    for name, value in profile("quick", notebook).items():
+        if name != "interactive":
+            default = ast.literal_eval(parameters[name]["default"])
+            assert default == value, f"{notebook.name}: {name} is {default!r}, quick {value!r}"
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda path: path.stem)
-def test_profiles_are_batch_runs_and_their_configs_resolve(path):
+def test_profiles_name_themselves_and_their_overrides_resolve(path):
     values = yaml.safe_load(path.read_text())
-    assert values["interactive"] is False
     assert values["profile"] == path.stem
-    common = [f"out={values['out']}", f"runtime.device={values['device']}",
-              *values["overrides"]]
-    resolved = config.resolve(ROOT / values["student_config"],
-                              [*common, *values["student_overrides"]])
+    resolved = config.resolve(ROOT / "configs/quick/catkd.yaml",
+                              [f"out={values['out']}", f"runtime.device={values['device']}",
+                               *values["overrides"]])
     assert resolved["out"] == values["out"]
+
+
+@pytest.mark.parametrize("path", sorted(PROFILE_DIR.glob("*/*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_files_that_profiles_name_exist(path):
+    values = yaml.safe_load(path.read_text()) or {}
+    named = [value for value in values.values() for value in
+             (value if isinstance(value, list) else [value])
+             if isinstance(value, str) and value.endswith(".yaml")]
+    for file in named:
+        assert (ROOT / file).is_file(), f"{path} names {file}, which does not exist"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_under_nbval_with_the_smoke_profile(notebook, tmp_path):
     copy = tmp_path / notebook.name
-    papermill.execute_notebook(str(notebook), str(copy), parameters=profile("smoke"),
+    papermill.execute_notebook(str(notebook), str(copy), parameters=profile("smoke", notebook),
                                prepare_only=True, progress_bar=False)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",

@@ -5,7 +5,9 @@
 >>> sum(losses.values()).backward()
 
 Each method takes its settings as keyword arguments with the reference defaults (``settings``);
-a per-pair config overrides them.
+a per-pair config overrides them. A method that indexes the training set (``crd``:
+``needs_sample_indices``) is also built with the training set's labels and takes each batch's
+sample indices as a fourth forward argument.
 """
 
 from __future__ import annotations
@@ -13,20 +15,27 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from catkd.methods.at import AT
 from catkd.methods.base import Method
 from catkd.methods.cat import CAT, CATKD
 from catkd.methods.ce import CE
+from catkd.methods.crd import CRD
 from catkd.methods.dkd import DKD
+from catkd.methods.fitnet import FitNet
 from catkd.methods.kd import KD
+from catkd.methods.ofd import OFD
+from catkd.methods.reviewkd import ReviewKD
+from catkd.methods.rkd import RKD
 
-__all__ = ["AT", "CAT", "CATKD", "CE", "DKD", "KD", "Method", "create", "names", "needs_teacher",
-           "settings"]
+__all__ = ["AT", "CAT", "CATKD", "CE", "CRD", "DKD", "FitNet", "KD", "Method", "OFD", "RKD",
+           "ReviewKD", "create", "names", "needs_sample_indices", "needs_teacher", "settings"]
 
 _METHODS: dict[str, type[Method]] = {
     "ce": CE, "kd": KD, "dkd": DKD, "at": AT, "cat": CAT, "catkd": CATKD,
+    "fitnet": FitNet, "rkd": RKD, "ofd": OFD, "crd": CRD, "reviewkd": ReviewKD,
 }
 
 
@@ -53,13 +62,28 @@ def needs_teacher(name: str) -> bool:
     return _method_class(name).needs_teacher
 
 
+def needs_sample_indices(name: str) -> bool:
+    """Whether method ``name`` indexes the training set (``crd``): it is built with the training
+    labels and its forward takes each batch's sample indices."""
+    return _method_class(name).needs_sample_indices
+
+
 def create(name: str, student: nn.Module, teacher: nn.Module | None = None,
-           **overrides: Any) -> Method:
-    """Build method ``name`` on ``student`` (and ``teacher``), overriding default settings."""
+           train_labels: torch.Tensor | None = None, **overrides: Any) -> Method:
+    """Build method ``name`` on ``student`` (and ``teacher``), overriding default settings.
+
+    ``train_labels``, the (N,) labels of the whole training set, is required by the methods that
+    index the training set (``needs_sample_indices``) and ignored by the others.
+    """
     method_class = _method_class(name)
     valid = settings(name)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} for method {name!r}; valid "
                          f"settings: {', '.join(valid) or 'none'}")
-    return method_class(student, teacher, **overrides)
+    if not method_class.needs_sample_indices:
+        return method_class(student, teacher, **overrides)
+    if train_labels is None:
+        raise ValueError(f"method {name!r} keeps state per training sample: pass train_labels, "
+                         f"the (N,) labels of the training set (an in-memory dataset's .labels)")
+    return method_class(student, teacher, train_labels, **overrides)

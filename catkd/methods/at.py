@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import at_loss
-from catkd.methods.base import Method
-
-
-class StageRecorder:
-    """Forward hooks on ``model.stages`` that keep each stage's latest output feature map."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.stages: tuple[str, ...] = tuple(model.stages)
-        self._outputs: dict[str, torch.Tensor] = {}
-        for stage in self.stages:
-            model.get_submodule(stage).register_forward_hook(partial(self._record, stage))
-
-    def _record(self, stage: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._outputs[stage] = output
-
-    def pop(self) -> list[torch.Tensor]:
-        """The (N, C_i, H_i, W_i) stage maps of the last forward, shallow to deep; then forgets
-        them, so that no batch's maps (and autograd graph) outlive their use."""
-        return [self._outputs.pop(stage) for stage in self.stages]
+from catkd.methods.base import Method, StageRecorder
 
 
 class AT(Method):

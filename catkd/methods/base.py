@@ -1,11 +1,17 @@
-"""The interface every distillation method implements, and the teacher handling they share.
+"""The interface every distillation method implements, and what the methods share.
 
 A method owns the student (trained) and the teacher (frozen) as submodules, so moving the method
 to a device or wrapping it in DistributedDataParallel moves or wraps both. Its forward turns one
-batch into the student's logits and the named loss terms whose sum the trainer optimises.
+batch into the student's logits and the named loss terms whose sum the trainer optimises. Any
+other submodule (a connector, an embedding, a memory bank) is trained and saved with it.
+
+Feature-based methods read intermediate maps with forward hooks (the recorders below), so the
+models' own forward stays untouched.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
@@ -21,6 +27,11 @@ class Method(nn.Module):
     """
 
     needs_teacher: bool = True
+    # A method that keeps per-sample state over the training set (CRD's memory bank) sets this:
+    # it is built with the (N,) labels of the whole training set as its third argument, and its
+    # forward takes a fourth, the (B,) training-set indices of the batch's samples
+    # (``catkd.data.BatchLoader(..., sample_indices=True)`` yields them).
+    needs_sample_indices: bool = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -58,6 +69,11 @@ class Method(nn.Module):
             teacher_logits = self.teacher(images)
         return logits, teacher_logits
 
+    def extra_parameter_count(self) -> int:
+        """How many trainable numbers the method adds to the student (connectors, embeddings)."""
+        return sum(parameter.numel() for name, parameter in self.named_parameters()
+                   if not name.startswith(_MODEL_PREFIXES))
+
     def extra_state_dict(self) -> dict[str, torch.Tensor]:
         """The state that belongs to neither model (e.g. trainable connectors); saved apart."""
         return {key: value for key, value in self.state_dict().items()
@@ -70,3 +86,105 @@ class Method(nn.Module):
             raise ValueError(f"{type(self).__name__} expects extra state keys {sorted(expected)}, "
                              f"got {sorted(state)}")
         self.load_state_dict(state, strict=False)
+
+
+# --------------------------------------------------------------------------- feature taps
+
+class _Recorder:
+    """Keeps the tensor each hooked submodule saw or made in the latest forward, by name."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._values: dict[str, torch.Tensor] = {}
+
+    def _keep_output(self, name: str, module: nn.Module, inputs: tuple,
+                     output: torch.Tensor) -> None:
+        self._values[name] = output
+
+    def _keep_input(self, name: str, module: nn.Module, inputs: tuple) -> None:
+        # An in-place ReLU overwrites its input right after this hook: keep a copy.
+        value = inputs[0]
+        self._values[name] = value.clone() if getattr(module, "inplace", False) else value
+
+    def pop(self) -> list[torch.Tensor]:
+        """The recorded tensors of the last forward, in the order of ``names``; then forgets
+        them, so that no batch's tensors (and autograd graph) outlive their use."""
+        missing = [name for name in self.names if name not in self._values]
+        if missing:
+            raise RuntimeError(f"no forward recorded {missing} since the last pop")
+        return [self._values.pop(name) for name in self.names]
+
+
+def _named_taps(model: nn.Module, attribute: str) -> tuple[str, ...]:
+    names = tuple(getattr(model, attribute, ()))
+    if not names:
+        raise ValueError(f"{type(model).__name__} declares no {attribute}; the feature-based "
+                         f"methods need a zoo model (catkd.models) that names them")
+    return names
+
+
+class StageRecorder(_Recorder):
+    """Forward hooks on ``model.stages`` that keep each stage's latest (N, C_i, H_i, W_i) output,
+    shallow to deep."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(_named_taps(model, "stages"))
+        for name in self.names:
+            model.get_submodule(name).register_forward_hook(partial(self._keep_output, name))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self.names
+
+
+class PreReLURecorder(_Recorder):
+    """Hooks at ``model.preact_stages`` that keep each stage's latest pre-ReLU map (N, C_i, H_i,
+    W_i), shallow to deep: the input of a named ``nn.ReLU`` (its last call in a forward wins,
+    the one that ends the stage), else the named module's output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(_named_taps(model, "preact_stages"))
+        for name in self.names:
+            module = model.get_submodule(name)
+            if isinstance(module, nn.ReLU):
+                module.register_forward_pre_hook(partial(self._keep_input, name))
+            else:
+                module.register_forward_hook(partial(self._keep_output, name))
+
+
+class PooledRecorder(_Recorder):
+    """A hook on the classifier that keeps its input: the (N, C) globally pooled features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(("pooled",))
+        model.get_classifier().register_forward_pre_hook(partial(self._keep_input, "pooled"))
+
+    def pop(self) -> torch.Tensor:  # type: ignore[override]
+        """The (N, C) pooled features of the last forward."""
+        return super().pop()[0]
+
+
+PROBE_SIZE = 32  # the CIFAR side: connectors are sized on it, as mdistiller sizes them
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, recorders: list[_Recorder],
+                 image_size: int = PROBE_SIZE) -> list[list[torch.Size]]:
+    """The shapes each recorder records on a (2, C, size, size) input, model in eval mode.
+
+    C is the input channels of the model's first convolution. The model's mode and BatchNorm
+    statistics are left as they were.
+    """
+    first_conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters())
+    model(torch.zeros(2, first_conv.in_channels, image_size, image_size,
+                      device=parameter.device, dtype=parameter.dtype))
+    model.train(was_training)
+    shapes = []
+    for recorder in recorders:
+        values = recorder.pop()
+        values = values if isinstance(values, list) else [values]
+        shapes.append([value.shape for value in values])
+    return shapes

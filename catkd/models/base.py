@@ -7,6 +7,11 @@
 ``stages`` names the submodules whose outputs are the stage feature maps, from shallow to deep,
 as the feature-based methods (AT) pair them; they take these maps with forward hooks. A final
 1x1 conv after the last stage (ShuffleV2, MobileNetV2) is not a stage.
+``preact_stages`` names, per stage, where the stage's pre-ReLU map can be read with a hook (OFD,
+ReviewKD): the input of an ``nn.ReLU`` at its last call in a forward (the ReLU that ends the stage),
+or the output of any other module (the BatchNorm that the next ReLU rectifies, or the stage itself
+where no ReLU ends it). ``preact_norms`` names the BatchNorm whose scale and shift describe each of
+those maps (OFD's margin). Both are empty on models that do not declare them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ class GAPClassifier(nn.Module):
     """Base class of the zoo: a feature extractor, global average pooling and one Linear."""
 
     stages: tuple[str, ...] = ()
+    preact_stages: tuple[str, ...] = ()
+    preact_norms: tuple[str, ...] = ()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

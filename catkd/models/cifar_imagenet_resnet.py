@@ -39,11 +39,13 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.shortcut = _shortcut(in_channels, width, stride)
+        # A module (not F.relu) so that a hook can read the pre-ReLU sum: its last call.
+        self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -62,12 +64,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.relu = nn.ReLU()  # a module, so that a hook can read the pre-ReLU sum (last call)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x))
 
 
 class CifarImageNetResNet(GAPClassifier):
@@ -95,6 +98,11 @@ class CifarImageNetResNet(GAPClassifier):
         self.layer1, self.layer2, self.layer3, self.layer4 = stage_layers
         self.linear = nn.Linear(channels, num_classes)
         init_conv_bn(self)
+        last_norm = "bn3" if block is Bottleneck else "bn2"  # the BN before the addition
+        self.preact_stages = tuple(f"{stage}.{blocks - 1}.relu"
+                                   for stage, blocks in zip(self.stages, blocks_per_stage))
+        self.preact_norms = tuple(f"{stage}.{blocks - 1}.{last_norm}"
+                                  for stage, blocks in zip(self.stages, blocks_per_stage))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

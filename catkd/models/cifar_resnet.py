@@ -81,6 +81,11 @@ class CifarResNet(GAPClassifier):
         self.layer3 = _stage(widths[1], widths[2], blocks_per_stage, stride=2)
         self.fc = nn.Linear(widths[-1], num_classes)
         init_conv_bn(self)
+        # A block calls its one ReLU twice; the last call rectifies conv branch + shortcut. The
+        # BN before the addition stands for the sum's statistics (as in OFD's code).
+        last = blocks_per_stage - 1
+        self.preact_stages = tuple(f"{stage}.{last}.relu" for stage in self.stages)
+        self.preact_norms = tuple(f"{stage}.{last}.bn2" for stage in self.stages)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) images -> (N, widths[-1], H/4, W/4) features."""

@@ -59,6 +59,11 @@ class MobileNetV2(GAPClassifier):
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
     stages = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+    # Linear bottlenecks: no ReLU ends a stage, so its output is the pre-ReLU map; the last
+    # block's projection BN (conv.7) stands for its statistics.
+    preact_stages = stages
+    preact_norms = ("blocks.1.1.conv.7", "blocks.2.2.conv.7", "blocks.4.2.conv.7",
+                    "blocks.6.0.conv.7")
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3):
         super().__init__()

@@ -50,15 +50,17 @@ class ShuffleV1Unit(nn.Module):
         self.bn2 = nn.BatchNorm2d(bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, branch_channels, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(branch_channels)
+        # A module (not F.relu) so that a hook can read the unit's pre-ReLU output: its last call.
+        self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.conv1.groups)
+        out = channel_shuffle(self.relu(self.bn1(self.conv1(x))), self.conv1.groups)
         # The paper has no ReLU after the depthwise conv; the checkpoints' training code has one.
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1))
-        return F.relu(out + x)
+            return self.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1))
+        return self.relu(out + x)
 
 
 class ShuffleNetV1(GAPClassifier):
@@ -84,6 +86,10 @@ class ShuffleNetV1(GAPClassifier):
         self.layer3 = self._make_stage(widths[2], widths[3], self.STAGE_UNITS[2], self.GROUPS)
         self.linear = nn.Linear(widths[3], num_classes)
         init_conv_bn(self)
+        self.preact_stages = tuple(f"{stage}.{units - 1}.relu"
+                                   for stage, units in zip(self.stages, self.STAGE_UNITS))
+        self.preact_norms = tuple(f"{stage}.{units - 1}.bn3"
+                                  for stage, units in zip(self.stages, self.STAGE_UNITS))
 
     def _make_stage(self, in_channels: int, out_channels: int, units: int,
                     first_conv_groups: int) -> nn.Sequential:
@@ -169,6 +175,10 @@ class ShuffleNetV2(GAPClassifier):
     STAGE_BASIC_UNITS = (3, 7, 3)
     FEATURE_CHANNELS = 1024
     stages = ("layer1", "layer2", "layer3")
+    # Half of a unit's channels pass it untouched, so no single ReLU ends a stage: the stage
+    # output stands for its pre-ReLU map, and there is no BN to take a margin from (no teacher
+    # for OFD).
+    preact_stages = stages
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3):
         super().__init__()

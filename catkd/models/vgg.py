@@ -51,6 +51,11 @@ class VGG(GAPClassifier):
         self.block4 = _block(512, 512, convs_per_block[4])
         self.classifier = nn.Linear(512, num_classes)
         init_conv_bn(self)
+        # Each block is [conv, BN, ReLU] * n. The tap is the last ReLU's input, not the BN's
+        # output: the in-place ReLU overwrites that output after a forward hook has seen it.
+        last = [3 * convs_per_block[int(stage[-1])] for stage in self.stages]
+        self.preact_stages = tuple(f"{stage}.{end - 1}" for stage, end in zip(self.stages, last))
+        self.preact_norms = tuple(f"{stage}.{end - 2}" for stage, end in zip(self.stages, last))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) images -> (N, 512, H/8, W/8) features (H/16 from 64 wide)."""

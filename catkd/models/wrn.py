@@ -65,6 +65,9 @@ class WideResNet(GAPClassifier):
     # Pre-activation: the group outputs are not yet normalised; the last one gives the
     # features before the final BN-ReLU.
     stages = ("block1", "block2", "block3")
+    # Each group's output is normalised by the BN that opens the next group (the final bn1 for
+    # the last): its output is what the next ReLU rectifies.
+    preact_stages = preact_norms = ("block2.layer.0.bn1", "block3.layer.0.bn1", "bn1")
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int) -> None:
         super().__init__()

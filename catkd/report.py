@@ -1,0 +1,198 @@
+"""The paper's tables from run folders: mean and std over seeds, beside the paper's numbers.
+
+``cells(sweep)`` reads the run folder of every experiment of a sweep (``catkd.sweep``) and
+groups them by the sweep's ``rows`` and ``columns``; ``markdown`` and ``write_csv`` lay them
+out. Nothing trains here: a run that is missing, unfinished, or whose folder is foreign or
+corrupt is counted as such and left out of the means.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catkd import train
+from catkd.sweep import Experiment, Sweep
+
+CSV_FIELDS = ("row", "column", "runs", "finished", "best_mean", "best_std", "last_mean",
+              "last_std", "paper", "difference", "problems")
+
+
+@dataclass
+class Cell:
+    """The runs of one (row, column) of a table: every seed of one setting."""
+
+    row: str
+    column: str
+    runs: int = 0  # expected
+    best: list[float] = field(default_factory=list)  # best-epoch top-1 (%) of finished runs
+    last: list[float] = field(default_factory=list)  # last-epoch top-1 (%)
+    problems: list[str] = field(default_factory=list)  # "2 missing", "foreign: <path>", ...
+    paper: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return len(self.best)
+
+    def mean_std(self, which: str = "best") -> tuple[float, float] | None:
+        """Mean and (sample) std over the finished seeds; std 0 for one seed; None for none."""
+        values = self.best if which == "best" else self.last
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    @property
+    def difference(self) -> float | None:
+        """Measured mean best accuracy minus the paper's number."""
+        measured = self.mean_std("best")
+        return None if measured is None or self.paper is None else measured[0] - self.paper
+
+
+def label(config: dict, key: str) -> str:
+    """A run's label along one axis: ``"pair"`` (teacher-student, or the student alone) or the
+    value of a dotted config key, e.g. ``"loss.beta"`` -> ``"15"``."""
+    if key == "pair":
+        teacher = config["teacher"]["model"]
+        return f"{teacher}-{config['student']}" if teacher else config["student"]
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"report axis {key!r} is not a config key (e.g. method, loss.beta, "
+                             f"data.fraction, pair)")
+        value = value[part]
+    return str(value)
+
+
+def status(experiment: Experiment) -> tuple[train.Run | None, str | None]:
+    """(the finished run, None) or (None, what is wrong: missing, unfinished, foreign...)."""
+    if not experiment.path.exists():
+        return None, "missing"
+    try:
+        run = train.finished_run(experiment.path, experiment.config)
+    except ValueError as error:
+        return None, str(error)
+    return (run, None) if run is not None else (None, "unfinished")
+
+
+def _columns_of(experiment: Experiment, sweep: Sweep, pair_columns: list[str]) -> list[str]:
+    column = label(experiment.config, sweep.columns)
+    if sweep.columns == "pair" and experiment.config["teacher"]["model"] is None:
+        # A teacher-free run is the baseline of every pair that has its student.
+        matching = [pair for pair in pair_columns if pair.split("-", 1)[1] == column]
+        return matching or [column]
+    return [column]
+
+
+def cells(sweep: Sweep) -> list[Cell]:
+    """Every (row, column) cell of ``sweep``'s table, in the order the experiments first
+    reach them."""
+    pair_columns = list(dict.fromkeys(label(experiment.config, "pair")
+                                      for experiment in sweep.experiments
+                                      if experiment.config["teacher"]["model"]))
+    table: dict[tuple[str, str], Cell] = {}
+    for experiment in sweep.experiments:
+        row = label(experiment.config, sweep.rows)
+        run, problem = status(experiment)
+        for column in _columns_of(experiment, sweep, pair_columns):
+            cell = table.setdefault((row, column), Cell(row, column))
+            cell.runs += 1
+            if run is not None:
+                cell.best.append(run.summary["best_acc"])
+                cell.last.append(run.summary["last_acc"])
+            else:
+                cell.problems.append(problem)
+    # The paper's numbers; one for a cell without runs (a method not configured here) gets a
+    # cell of its own, so that the table shows it rather than dropping it.
+    for row, numbers in sweep.paper.items():
+        for column, number in numbers.items():
+            key = (_text(row), _text(column))
+            table.setdefault(key, Cell(*key, problems=["no run configured"])).paper = number
+    return list(table.values())
+
+
+def _text(key) -> str:
+    """A paper table's key as a run label: YAML reads ``15`` and ``null`` keys as 15 and None."""
+    return str(key)
+
+
+def _summarise(problems: list[str]) -> str:
+    """``["missing", "missing", "unfinished"]`` -> ``"2 missing; 1 unfinished"``; other problems
+    (foreign or corrupt folders) are kept as they are."""
+    counts = collections.Counter(problems)
+    return "; ".join(f"{count} {problem}" if problem in ("missing", "unfinished") else problem
+                     for problem, count in counts.items())
+
+
+# What a table marks in its cells; anything else (a foreign or corrupt folder) is listed below it.
+ROUTINE = ("missing", "unfinished", "no run configured")
+
+
+def _format(cell: Cell) -> str:
+    best, last = cell.mean_std("best"), cell.mean_std("last")
+    if best is None:
+        paper = "" if cell.paper is None else f"[{cell.paper:.2f}] "
+        return f"{paper}({_summarise(cell.problems)})"
+    text = f"{best[0]:.2f} ± {best[1]:.2f} / {last[0]:.2f}"
+    if cell.paper is not None:
+        text += f" [{cell.paper:.2f}, {cell.difference:+.2f}]"
+    if cell.finished < cell.runs:
+        text += f" ({cell.finished}/{cell.runs} seeds)"
+    return text
+
+
+def markdown(sweep: Sweep, table: list[Cell] | None = None) -> str:
+    """The sweep's table in Markdown: each cell "best mean ± std / last mean", then
+    "[paper, difference]" where the paper reports the setting, and the share of seeds
+    finished when some are missing."""
+    table = cells(sweep) if table is None else table
+    rows = list(dict.fromkeys(cell.row for cell in table))
+    columns = list(dict.fromkeys(cell.column for cell in table))
+    by_key = {(cell.row, cell.column): cell for cell in table}
+    lines = [f"**{sweep.title}** (best ± std / last, % top-1"
+             + (", [paper, difference]" if sweep.paper else "") + ")", "",
+             "| " + " | ".join([f"{sweep.rows} \\ {sweep.columns}", *columns]) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for row in rows:
+        entries = [_format(by_key[row, column]) if (row, column) in by_key else ""
+                   for column in columns]
+        lines.append("| " + " | ".join([row, *entries]) + " |")
+    problems = [f"- {cell.row} / {cell.column}: {problem}" for cell in table
+                for problem in cell.problems if problem not in ROUTINE]
+    if problems:
+        lines += ["", "Skipped run folders:", *problems]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[Cell], path: str | os.PathLike) -> Path:
+    """One line per cell (the fields of ``CSV_FIELDS``); empty where nothing finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_FIELDS)
+        writer.writeheader()
+        for cell in table:
+            best, last = cell.mean_std("best") or ("", ""), cell.mean_std("last") or ("", "")
+            writer.writerow({
+                "row": cell.row, "column": cell.column, "runs": cell.runs,
+                "finished": cell.finished, "best_mean": best[0], "best_std": best[1],
+                "last_mean": last[0], "last_std": last[1],
+                "paper": "" if cell.paper is None else cell.paper,
+                "difference": "" if cell.difference is None else cell.difference,
+                "problems": _summarise(cell.problems)})
+    return path
+
+
+def report(sweep: Sweep, folder: str | os.PathLike) -> tuple[str, Path, Path]:
+    """The Markdown table, and its CSV and Markdown files written to ``folder`` (named after
+    the sweep file)."""
+    table = cells(sweep)
+    text = markdown(sweep, table)
+    folder = Path(folder)
+    csv_path = write_csv(table, folder / f"{sweep.path.stem}.csv")
+    markdown_path = folder / f"{sweep.path.stem}.md"
+    markdown_path.write_text(text)
+    return text, csv_path, markdown_path

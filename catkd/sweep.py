@@ -1,0 +1,150 @@
+"""Sweeps: the runs of one table or figure of the paper, expanded from a YAML file.
+
+A sweep file names configs, seeds and an optional grid; every combination is one run::
+
+    title: "Table 6: CIFAR-100, teacher and student of the same style"
+    configs:                 # relative to this file; globs allowed (expanded in sorted order)
+      - ../ce/resnet20.yaml
+      - ../*/resnet56-resnet20.yaml
+    seeds: [0, 1, 2, 3, 4]
+    grid: {loss.beta: [1, 5, 10]}   # optional: every combination of these overrides
+    overrides: [optim.epochs=120]   # optional: for every run
+    rows: method                    # the report's layout: a dotted config key, or "pair"
+    columns: pair                   # ("teacher-student"; a run without teacher fills every
+                                    #  column of its student, as the paper's "Acc" rows do)
+    paper:                          # optional: the paper's numbers, paper[row][column]
+      kd: {resnet56-resnet20: 70.66}
+
+Runs go through ``catkd.train.fit``, so each is cached by its config: ``run`` skips what is
+finished, resumes what was interrupted, and waits for a run another process is training.
+``--index I`` on the command line runs the I-th run only (one job of a cluster job array).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+from catkd import config as configs
+from catkd import train
+
+SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run of a sweep: a config file and the overrides that complete it."""
+
+    config_file: Path
+    overrides: tuple[str, ...]
+    config: dict = field(compare=False, hash=False, repr=False)  # resolved
+
+    @property
+    def path(self) -> Path:
+        """The run folder ``catkd.train.fit`` uses for it."""
+        return Path(self.config["out"]) / configs.run_name(self.config)
+
+    def command(self) -> str:
+        """The shell command that trains this run alone."""
+        return shlex.join(["python", "-m", "catkd", "train", "--config", str(self.config_file),
+                           *self.overrides])
+
+    def fit(self, quiet: bool = False) -> train.Run:
+        return train.fit(self.config_file, self.overrides, quiet=quiet)
+
+
+@dataclass
+class Sweep:
+    """The expanded sweep: its experiments in a fixed order, and the report's layout."""
+
+    path: Path
+    title: str
+    experiments: list[Experiment]
+    rows: str
+    columns: str
+    paper: dict
+
+
+def _config_files(sweep_file: Path, patterns: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(sweep_file.parent / pattern)))
+        if not matches:
+            raise FileNotFoundError(f"{sweep_file}: no config file matches {pattern!r} "
+                                    f"(patterns are relative to the sweep file)")
+        files += [Path(os.path.relpath(match)) for match in matches]
+    return files
+
+
+def _grid(grid: dict) -> list[list[str]]:
+    """``{"loss.beta": [1, 5]}`` -> ``[["loss.beta=1"], ["loss.beta=5"]]`` (every combination)."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"grid key {key!r} needs a non-empty list of values, got {values!r}")
+    # JSON is YAML, so each value reads back as itself (null, 0.5, "l2", [1, 2]).
+    choices = [[f"{key}={json.dumps(value)}" for value in values] for key, values in grid.items()]
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def load(path: str | os.PathLike, overrides: Iterable[str] = (),
+         seeds: Sequence[int] | None = None) -> Sweep:
+    """Read and expand a sweep file; ``overrides`` (e.g. ``out=...``) apply to every run after
+    the file's own and before the grid's, and ``seeds`` replaces the file's seeds. Every run's config is resolved here,
+    so a bad key fails before anything trains."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; valid keys: "
+                         f"{', '.join(SWEEP_KEYS)}")
+    if not spec.get("configs"):
+        raise ValueError(f"{path}: a sweep lists its config files under 'configs'")
+    seeds = list(spec.get("seeds", [0]) if seeds is None else seeds)
+    experiments: list[Experiment] = []
+    for config_file in _config_files(path, spec["configs"]):
+        for combination in _grid(spec.get("grid") or {}):
+            for seed in seeds:
+                # The grid is the sweep's subject: it wins over the caller's overrides.
+                run_overrides = (*spec.get("overrides", []), *overrides, *combination,
+                                 f"seed={seed}")
+                experiment = Experiment(config_file, tuple(run_overrides),
+                                        configs.resolve(config_file, run_overrides))
+                if experiment.path not in {known.path for known in experiments}:
+                    experiments.append(experiment)
+    return Sweep(path, spec.get("title", path.stem), experiments, spec.get("rows", "method"),
+                 spec.get("columns", "pair"), spec.get("paper") or {})
+
+
+def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[train.Run]:
+    """Train the sweep's runs one after another (finished ones are returned from the cache), or
+    only run ``index``. A run that fails is reported and the others still run; the error is
+    raised at the end."""
+    if index is not None:
+        if not 0 <= index < len(sweep.experiments):
+            raise ValueError(f"--index {index} is out of range: {sweep.path} has "
+                             f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
+        return [sweep.experiments[index].fit(quiet)]
+    runs, failures = [], []
+    for number, experiment in enumerate(sweep.experiments):
+        if not quiet:
+            print(f"[{number + 1}/{len(sweep.experiments)}] {experiment.path}", flush=True)
+        try:
+            runs.append(experiment.fit(quiet))
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            failures.append(f"{experiment.path}: {error}")
+            if not quiet:
+                print(f"  failed: {error}", flush=True)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(sweep.experiments)} runs failed:\n"
+                           + "\n".join(failures))
+    return runs

@@ -1,0 +1,226 @@
+"""Sweeps (catkd.sweep), reports (catkd.report) and the run cache under concurrency.
+
+Most tests fake finished runs (a config.yaml and a summary.json are all a report reads), so
+they need no training; the end-to-end test trains a tiny sweep twice, once as two parallel
+``--index`` processes and once sequentially, and compares the reports.
+"""
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catkd import config, report, sweep, train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ROOT / "configs" / "quick"
+
+
+def write_sweep(folder: Path, text: str) -> Path:
+    path = folder / "table.yaml"
+    path.write_text(text.replace("QUICK", os.path.relpath(QUICK, folder)))
+    return path
+
+
+def fake_run(experiment: sweep.Experiment, best: float, last: float) -> None:
+    """A finished run folder as `fit` leaves it, as far as a report reads it."""
+    experiment.path.mkdir(parents=True)
+    (experiment.path / "config.yaml").write_text(config.dump(experiment.config))
+    (experiment.path / train.SUMMARY).write_text(json.dumps({"best_acc": best, "last_acc": last}))
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = write_sweep(tmp_path, """
+title: a table
+configs: [QUICK/ce.yaml, QUICK/kd.yaml, QUICK/catkd.yaml]
+seeds: [0, 1, 2]
+rows: method
+columns: pair
+paper: {kd: {resnet20-resnet8: 88.0}, catkd: {resnet20-resnet8: 90.0}}
+""")
+    return sweep.load(path, [f"out={tmp_path / 'runs'}"])
+
+
+def test_load_expands_configs_then_grid_then_seeds(tmp_path):
+    path = write_sweep(tmp_path, """
+configs: [QUICK/ce.yaml, QUICK/catkd.yaml]
+grid: {loss.beta: [5, 20], data.fraction: [0.5, 1.0]}
+seeds: [3, 4]
+overrides: [optim.epochs=1]
+""")
+    with pytest.raises(ValueError, match="unknown setting loss.beta for method 'ce'"):
+        sweep.load(path)
+    path.write_text(path.read_text().replace("ce.yaml, ", ""))
+    loaded = sweep.load(path, ["out=elsewhere"])
+    assert len(loaded.experiments) == 2 * 2 * 2
+    first, second, *_, last = loaded.experiments
+    assert first.overrides == ("optim.epochs=1", "out=elsewhere", "loss.beta=5",
+                               "data.fraction=0.5", "seed=3")
+    # The grid wins over the caller's overrides: it is what the sweep varies.
+    assert sweep.load(path, ["loss.beta=7"]).experiments[-1].config["loss"]["beta"] == 20
+    assert second.config["seed"] == 4 and second.config["loss"]["beta"] == 5
+    assert last.config["loss"]["beta"] == 20 and last.config["data"]["fraction"] == 1.0
+    assert all(experiment.config["out"] == "elsewhere" for experiment in loaded.experiments)
+    assert first.command().startswith("python -m catkd train --config ")
+    assert sweep.load(path, seeds=[7]).experiments[0].config["seed"] == 7
+    assert (loaded.rows, loaded.columns, loaded.paper) == ("method", "pair", {})
+
+
+def test_globs_expand_sorted_and_duplicates_run_once(tmp_path):
+    path = write_sweep(tmp_path, "configs: [QUICK/ca*.yaml, QUICK/cat.yaml]\nseeds: [0]\n")
+    names = [experiment.config_file.name for experiment in sweep.load(path).experiments]
+    assert names == ["cat.yaml", "catkd.yaml"]
+
+
+@pytest.mark.parametrize("text, error", [
+    ("configs: [QUICK/ce.yaml]\nrow: method\n", "unknown sweep key.*row"),
+    ("seeds: [0]\n", "lists its config files under 'configs'"),
+    ("configs: [QUICK/nothing*.yaml]\n", "no config file matches"),
+    ("configs: [QUICK/catkd.yaml]\ngrid: {loss.beta: 5}\n", "non-empty list"),
+    ("configs: [QUICK/catkd.yaml]\noverrides: [loss.bta=5]\n", "did you mean 'beta'"),
+])
+def test_bad_sweep_files_are_clear_errors(tmp_path, text, error):
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        sweep.load(write_sweep(tmp_path, text))
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/**/sweeps/*.yaml")),
+                         ids=lambda path: f"{path.parent.parent.name}/{path.stem}")
+def test_every_shipped_sweep_expands_and_its_paper_numbers_find_cells(path):
+    """Every run config resolves, and every number of the paper lands in a cell of the table;
+    one without runs only where the table has no run of that row at all (a method without
+    configs there yet), so a mistyped column label cannot drop a number silently."""
+    loaded = sweep.load(path)
+    assert loaded.experiments, path
+    cells = report.cells(loaded)
+    rows_run = {cell.row for cell in cells if cell.runs}
+    papers = sum(len(numbers) for numbers in loaded.paper.values())
+    assert len([cell for cell in cells if cell.paper is not None]) == papers, path.name
+    for cell in cells:
+        assert cell.runs or cell.row not in rows_run, (path.name, cell.row, cell.column)
+
+
+def test_index_out_of_range_says_how_many_runs(table):
+    with pytest.raises(ValueError, match="has 9 runs"):
+        sweep.run(table, index=9)
+
+
+def test_report_means_stds_and_paper_differences(table, tmp_path):
+    accuracies = {"ce": [80.0, 81.0, 82.5], "kd": [85.0, 86.0, 90.0], "catkd": [91.0, 89.0]}
+    for experiment in table.experiments:
+        values = accuracies[experiment.config["method"]]
+        if experiment.config["seed"] < len(values):
+            fake_run(experiment, values[experiment.config["seed"]],
+                     values[experiment.config["seed"]] - 1)
+    cells = {cell.row: cell for cell in report.cells(table)}
+    # ce has no teacher: it fills the column of the pair that has its student.
+    assert {cell.column for cell in cells.values()} == {"resnet20-resnet8"}
+    kd = cells["kd"]
+    assert kd.mean_std("best") == pytest.approx((87.0, statistics.stdev([85, 86, 90])))
+    assert kd.mean_std("last") == pytest.approx((86.0, statistics.stdev([85, 86, 90])))
+    assert kd.difference == pytest.approx(87.0 - 88.0)
+    assert cells["ce"].paper is None and cells["ce"].difference is None
+    assert (cells["catkd"].finished, cells["catkd"].runs, cells["catkd"].problems) == \
+        (2, 3, ["missing"])
+
+    text, csv_path, markdown_path = report.report(table, tmp_path / "reports")
+    assert "| kd | 87.00 ± 2.65 / 86.00 [88.00, -1.00] |" in text
+    assert "| catkd | 90.00 ± 1.41 / 89.00 [90.00, +0.00] (2/3 seeds) |" in text
+    assert markdown_path.read_text() == text
+    rows = {row["row"]: row for row in csv.DictReader(csv_path.open())}
+    assert float(rows["ce"]["best_mean"]) == pytest.approx(81.1666667)
+    assert float(rows["ce"]["best_std"]) == pytest.approx(statistics.stdev([80, 81, 82.5]))
+    assert rows["ce"]["runs"] == "3"
+    assert rows["catkd"]["problems"] == "1 missing"
+
+
+def test_report_skips_foreign_and_corrupt_folders_and_says_so(table):
+    ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
+    fake_run(ce_seed0, 80.0, 79.0)
+    fake_run(ce_seed1, 70.0, 69.0)
+    (ce_seed1.path / train.SUMMARY).write_text("{not json")
+    foreign = config.resolve(ce_seed2.config, ["optim.lr=0.3"])
+    ce_seed2.path.mkdir(parents=True)
+    (ce_seed2.path / "config.yaml").write_text(config.dump(foreign))
+    cell = next(cell for cell in report.cells(table) if cell.row == "ce")
+    assert cell.best == [80.0]
+    assert any("is corrupt" in problem for problem in cell.problems)
+    assert any("different config" in problem for problem in cell.problems)
+    text = report.markdown(table)
+    assert "Skipped run folders:" in text and "is corrupt" in text
+    # fit refuses both folders rather than using or overwriting them.
+    for experiment in (ce_seed1, ce_seed2):
+        with pytest.raises(ValueError, match="corrupt|different config"):
+            experiment.fit(quiet=True)
+
+
+def test_sweep_run_goes_on_after_a_failure_and_reports_it(table, monkeypatch):
+    calls = []
+
+    def fake_fit(experiment, quiet=False):
+        calls.append(experiment.path)
+        if len(calls) == 2:
+            raise ValueError("broken folder")
+        return experiment.path
+
+    monkeypatch.setattr(sweep.Experiment, "fit", fake_fit)
+    with pytest.raises(RuntimeError, match="1 of 9 runs failed:\n.*broken folder"):
+        sweep.run(table, quiet=True)
+    assert len(calls) == 9
+
+
+def cli(*arguments, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "catkd", *map(str, arguments)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def test_parallel_index_jobs_and_a_sequential_sweep_give_the_same_report(tmp_path):
+    """Two processes each run half of the indices (both need the same teacher: one trains it,
+    the other waits for it), then one sequential sweep runs everything into another folder."""
+    path = write_sweep(tmp_path, """
+title: tiny
+configs: [QUICK/ce.yaml, QUICK/kd.yaml, QUICK/catkd.yaml]
+seeds: [0]
+overrides: [data.dataset=digits, optim.epochs=1, teacher.epochs=1, runtime.bf16=false]
+rows: method
+columns: pair
+""")
+    parallel, sequential = tmp_path / "parallel", tmp_path / "sequential"
+    listing = finish(cli("sweep", path, "--list", f"out={parallel}")).splitlines()
+    assert len(listing) == 3 and all("\tmissing\tpython -m catkd train" in line
+                                     for line in listing)
+    # Two workers, as a job array with two slots: indices 0, 2 and 1.
+    workers = [subprocess.Popen(
+        ["bash", "-c", " && ".join(f"{sys.executable} -m catkd sweep {path} --index {index} "
+                                   f"out={parallel}" for index in range(first, 3, 2))],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for first in (0, 1)]
+    for worker in workers:
+        finish(worker)
+    teachers = list(parallel.glob("ce_resnet20_*"))
+    assert len(teachers) == 1, "the teacher was trained once"
+    finish(cli("sweep", path, f"out={sequential}"))
+    assert all("\tfinished\t" in line for line in
+               finish(cli("sweep", path, "--list", f"out={parallel}")).splitlines())
+
+    def table(out):
+        return [(cell.row, cell.column, cell.best, cell.last)
+                for cell in report.cells(sweep.load(path, [f"out={out}"]))]
+
+    assert table(parallel) == table(sequential)
+    assert all(len(best) == 1 for _, _, best, _ in table(parallel))
+    printed = finish(cli("report", path, "--set", f"out={parallel}", "--out", tmp_path / "rep"))
+    assert "| catkd |" in printed and (tmp_path / "rep" / "table.csv").is_file()
