@@ -28,7 +28,7 @@ import statistics
 import resource
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -38,7 +38,7 @@ from catkd import data, methods, models
 from catkd.train import bf16_supported, device_name, train_epoch
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
-STEP_METHODS = ("ce", "kd", "catkd", "fitnet", "rkd", "ofd", "crd", "reviewkd")
+STEP_METHODS = ("ce", "kd", "dkd", "at", "catkd", "fitnet", "rkd", "ofd", "crd", "reviewkd")
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -58,23 +58,28 @@ class _PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
-def cifar_shaped(num_images: int, num_classes: int = 100, seed: int = 0) -> data.ImageDataset:
-    """Random uint8 images (N, 3, 32, 32) with random labels and CIFAR-100's statistics."""
+def cifar_shaped(num_images: int, num_classes: int = 100, seed: int = 0, in_channels: int = 3,
+                 image_size: int = 32) -> data.ImageDataset:
+    """Random uint8 images (N, C, S, S) with random labels and CIFAR-100's statistics
+    (per channel, cycled when C is not 3)."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (num_images, 3, 32, 32), dtype=torch.uint8,
-                           generator=generator)
+    images = torch.randint(0, 256, (num_images, in_channels, image_size, image_size),
+                           dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, num_classes, (num_images,), generator=generator)
-    return data.ImageDataset(images, labels, [str(k) for k in range(num_classes)], CIFAR_MEAN,
-                             CIFAR_STD, "cifar-shaped")
+    return data.ImageDataset(images, labels, [str(k) for k in range(num_classes)],
+                             tuple(CIFAR_MEAN[c % 3] for c in range(in_channels)),
+                             tuple(CIFAR_STD[c % 3] for c in range(in_channels)), "cifar-shaped")
 
 
 def _method(name: str, student: str, teacher: str, device: torch.device,
-            channels_last: bool, train_labels: torch.Tensor) -> methods.Method:
+            channels_last: bool, dataset: data.ImageDataset,
+            settings: dict | None = None) -> methods.Method:
     torch.manual_seed(0)
-    student_model = models.create(student, num_classes=100)
-    teacher_model = models.create(teacher, num_classes=100) if methods.needs_teacher(name) else None
-    method = methods.create(name, student_model, teacher_model,
-                            train_labels=train_labels).to(device)
+    shape = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    student_model = models.create(student, **shape)
+    teacher_model = models.create(teacher, **shape) if methods.needs_teacher(name) else None
+    method = methods.create(name, student_model, teacher_model, train_labels=dataset.labels,
+                            **(settings or {})).to(device)
     return method.to(memory_format=torch.channels_last) if channels_last else method
 
 
@@ -119,8 +124,7 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
           batch_size: int = 64, workers: int = 2, compile_step: bool = False,
           out: str | None = None) -> dict:
     """Measure and print the side-by-side table; write it as JSON to ``out`` if given."""
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
+    device = _device(device)
     bf16 = bf16_supported(device)
     dataset = cifar_shaped(batch_size * (warmup + steps + 1))  # every call draws fresh batches
     authors_loader = torch.utils.data.DataLoader(
@@ -128,8 +132,6 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     fast_loader = data.BatchLoader(dataset, batch_size, train=True, device=device,
                                    channels_last=True)
-    indexed_loader = data.BatchLoader(dataset, batch_size, train=True, device=device,
-                                      channels_last=True, sample_indices=True)
     results = {
         "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
@@ -138,25 +140,16 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         "workers": workers,
     }
     per_step = _interleaved({
-        "authors": _timer(_method(method, student, teacher, device, False, dataset.labels),
+        "authors": _timer(_method(method, student, teacher, device, False, dataset),
                           authors_loader, device, False, False, False),
-        "fast": _timer(_method(method, student, teacher, device, True, dataset.labels),
+        "fast": _timer(_method(method, student, teacher, device, True, dataset),
                        fast_loader, device, bf16, True, compile_step),
     }, warmup, steps, rounds)
     results["images_per_second"] = {way: batch_size / seconds for way, seconds in per_step.items()}
     results["speedup"] = per_step["authors"] / per_step["fast"]
-    step_methods = {name: _method(name, student, teacher, device, True, dataset.labels)
-                    for name in STEP_METHODS}
-    step_seconds = _interleaved({
-        name: _timer(step_method,
-                     indexed_loader if step_method.needs_sample_indices else fast_loader,
-                     device, bf16, True, compile_step)
-        for name, step_method in step_methods.items()
-    }, warmup, steps, rounds)
-    results["step_ms"] = {name: 1000 * seconds for name, seconds in step_seconds.items()}
-    results["extra_parameters"] = {name: step_method.extra_parameter_count()
-                                   for name, step_method in step_methods.items()}
-    results["catkd_over_kd"] = step_seconds["catkd"] / step_seconds["kd"]
+    results.update(step_times(STEP_METHODS, student, teacher, device, steps, warmup, rounds,
+                              batch_size, compile_step=compile_step, dataset=dataset))
+    results["catkd_over_kd"] = results["step_ms"]["catkd"] / results["step_ms"]["kd"]
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
                                  if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -166,6 +159,41 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         Path(out).write_text(json.dumps(results, indent=1))
         print(f"written: {out}")
     return results
+
+
+def step_times(names: Sequence[str], student: str, teacher: str, device: str | torch.device,
+               steps: int = 20, warmup: int = 5, rounds: int = 3, batch_size: int = 64,
+               num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+               compile_step: bool = False, dataset: data.ImageDataset | None = None,
+               settings: dict[str, dict] | None = None) -> dict:
+    """The fast path's median step time ("step_ms", {method: ms}) and extra trainable parameters
+    ("extra_parameters", {method: count}) of each method in ``names``, timed in interleaved
+    rounds on random images of the given shape (or ``dataset``'s). ``settings`` gives a method
+    other settings than its defaults, e.g. a run's ``config["loss"]``."""
+    device = _device(device)
+    if dataset is None:
+        dataset = cifar_shaped(batch_size * (warmup + steps + 1), num_classes,
+                               in_channels=in_channels, image_size=image_size)
+    loaders = {indices: data.BatchLoader(dataset, batch_size, train=True, device=device,
+                                         channels_last=True, sample_indices=indices)
+               for indices in (False, True)}
+    step_methods = {name: _method(name, student, teacher, device, True, dataset,
+                                  (settings or {}).get(name, {}))
+                    for name in names}
+    step_seconds = _interleaved({
+        name: _timer(step_method, loaders[step_method.needs_sample_indices], device,
+                     bf16_supported(device), True, compile_step)
+        for name, step_method in step_methods.items()
+    }, warmup, steps, rounds)
+    return {"step_ms": {name: 1000 * seconds for name, seconds in step_seconds.items()},
+            "extra_parameters": {name: step_method.extra_parameter_count()
+                                 for name, step_method in step_methods.items()}}
+
+
+def _device(name: str | torch.device) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _table(results: dict) -> str:

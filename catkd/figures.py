@@ -11,7 +11,10 @@ ipywidgets box that redraws a figure when a control changes.
 - ``cam_view`` / ``cam_explorer``: one image, one class, one or all models; the explorer
   (live ipywidgets, or a static figure for batch runs).
 - ``accuracy_bars``: test accuracies of runs as labelled bars, with chance as a line.
+- ``localisation_grid``: CAMs over ground-truth object masks (chapter 6).
+- ``seed_bars``: one panel per metric, a bar per run at the mean over seeds, each seed a dot.
 - ``table_bars`` / ``table_lines``: a report table (``catkd.report``), mean and std over seeds.
+- ``cost_accuracy``: accuracy against training time per method (Figure 7, right).
 
 A "model output" is the pair ``(logits (N, K), cams (N, K, h, w))`` that a converted model
 (``catkd.cam.convert``) returns; figures take them in a dict keyed by the model's name.
@@ -30,7 +33,8 @@ from torch import nn
 from catkd import cam, data
 
 __all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer",
-           "accuracy_bars", "table_bars", "table_lines"]
+           "accuracy_bars", "localisation_grid", "seed_bars", "table_bars", "table_lines",
+           "cost_accuracy"]
 
 Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -392,4 +396,26 @@ def table_lines(cells: Sequence, x_axis: str = "column", xlabel: str = "", title
     axis.legend(fontsize=7)
     if title:
         axis.set_title(title, fontsize=9)
+    return figure
+
+
+def cost_accuracy(points: Mapping[str, tuple[float, float, int]], xlabel: str,
+                  title: str = "", size: tuple[float, float] = (4.6, 3.2)) -> Figure:
+    """Figure 7 (right): accuracy against training cost, one labelled point per method.
+
+    points: {method: (cost, e.g. seconds per epoch; accuracy %; extra trainable parameters)};
+    methods with extra parameters are drawn as squares, the others as circles.
+    """
+    if not points:
+        raise ValueError("cost_accuracy needs at least one method")
+    figure = Figure(figsize=size, layout="constrained")
+    axis = figure.subplots()
+    for name, (cost, accuracy, extra) in points.items():
+        axis.scatter(cost, accuracy, marker="s" if extra else "o", s=30,
+                     color="tab:red" if name == "catkd" else "tab:blue")
+        axis.annotate(name, (cost, accuracy), textcoords="offset points", xytext=(4, 3),
+                      fontsize=7)
+    axis.set_xlabel(xlabel, fontsize=9)
+    axis.set_ylabel("best test accuracy (%)", fontsize=9)
+    axis.set_title(title or "squares: methods with extra trainable parameters", fontsize=9)
     return figure

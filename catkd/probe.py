@@ -43,15 +43,23 @@ def probe(run: Run | str | os.PathLike, dataset: str, root: str | None = None,
           seed: int = 0, device: str = "cpu", recipe: dict | None = None) -> dict:
     """Train a linear head on ``run``'s frozen student for ``dataset``; return its accuracy.
 
+    ``device``: cpu, cuda, cuda:1, ... or auto (cuda when available).
     Writes ``<run>/probe-<dataset>/summary.json`` (``best_acc``, ``last_acc``, ...) and
-    ``metrics.jsonl``. ``recipe`` overrides keys of ``RECIPE`` (e.g. fewer epochs for a test).
+    ``metrics.jsonl``, and returns that summary without training again when it holds the same
+    recipe and seed. ``recipe`` overrides keys of ``RECIPE`` (e.g. fewer epochs for a test).
     """
     run = run if isinstance(run, Run) else Run.open(run)
     recipe = {**RECIPE, **(recipe or {})}
     unknown = set(recipe) - set(RECIPE)
     if unknown:
         raise ValueError(f"unknown probe recipe keys {sorted(unknown)}; valid: {sorted(RECIPE)}")
-    device = torch.device(device)
+    path = run.path / f"probe-{dataset}"
+    if (path / "summary.json").is_file():
+        done = json.loads((path / "summary.json").read_text())
+        if done.get("recipe") == recipe and done.get("seed") == seed:
+            return {**done, "path": str(path)}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
+        else torch.device(device)
     train_set, test_set = data.load(dataset, "train", root), data.load(dataset, "test", root)
     if train_set.in_channels != run.summary["in_channels"]:
         raise ValueError(f"{dataset} has {train_set.in_channels} channels but the student was "
@@ -69,7 +77,6 @@ def probe(run: Run | str | os.PathLike, dataset: str, root: str | None = None,
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe["milestones"],
                                                     recipe["gamma"])
     generator = torch.Generator().manual_seed(seed)
-    path = run.path / f"probe-{dataset}"
     path.mkdir(exist_ok=True)
     rows = []
     for epoch in range(recipe["epochs"]):
@@ -87,7 +94,15 @@ def probe(run: Run | str | os.PathLike, dataset: str, root: str | None = None,
     atomic_save({"model": head.state_dict()}, path / "head.pt")
     summary = {"dataset": dataset, "best_acc": max(row["test_acc"] for row in rows),
                "last_acc": rows[-1]["test_acc"], "epochs": recipe["epochs"],
-               "feature_dim": train_features.shape[1], "run": str(run.path), "recipe": recipe}
+               "feature_dim": train_features.shape[1], "run": str(run.path), "recipe": recipe,
+               "seed": seed}
     (path / "summary.json").write_text(json.dumps(summary, indent=1))
     summary["path"] = str(path)
     return summary
+
+
+def probed(run: Run, dataset: str) -> dict | None:
+    """The summary of ``run``'s linear probe on ``dataset`` (``best_acc``, ``last_acc``, ...),
+    or None if it was not probed."""
+    path = run.path / f"probe-{dataset}" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -14,8 +14,10 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
+from typing import Callable
 
-from catkd import train
+from catkd import probe, train
 from catkd.sweep import Experiment, Sweep
 
 CSV_FIELDS = ("row", "column", "runs", "finished", "best_mean", "best_std", "last_mean",
@@ -87,9 +89,31 @@ def _columns_of(experiment: Experiment, sweep: Sweep, pair_columns: list[str]) -
     return [column]
 
 
-def cells(sweep: Sweep) -> list[Cell]:
+Measure = Callable[[train.Run], tuple[float, float] | None]
+
+
+def final_accuracy(run: train.Run) -> tuple[float, float]:
+    """The run's (best-epoch, last-epoch) top-1 test accuracy, %."""
+    return run.summary["best_acc"], run.summary["last_acc"]
+
+
+def _probe_accuracy(run: train.Run, dataset: str) -> tuple[float, float] | None:
+    summary = probe.probed(run, dataset)
+    return None if summary is None else (summary["best_acc"], summary["last_acc"])
+
+
+def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell]:
     """Every (row, column) cell of ``sweep``'s table, in the order the experiments first
-    reach them."""
+    reach them.
+
+    ``measures`` maps a column suffix to what is measured on each finished run, (best, last) or
+    None when it was not measured; by default the run's own test accuracy, or for a sweep with
+    ``probe`` the accuracy of its linear probe on each dataset (Table 9), columns "<pair>
+    <dataset>".
+    """
+    if measures is None:
+        measures = ({dataset: partial(_probe_accuracy, dataset=dataset) for dataset in sweep.probe}
+                    or {"": final_accuracy})
     pair_columns = list(dict.fromkeys(label(experiment.config, "pair")
                                       for experiment in sweep.experiments
                                       if experiment.config["teacher"]["model"]))
@@ -98,13 +122,19 @@ def cells(sweep: Sweep) -> list[Cell]:
         row = label(experiment.config, sweep.rows)
         run, problem = status(experiment)
         for column in _columns_of(experiment, sweep, pair_columns):
-            cell = table.setdefault((row, column), Cell(row, column))
-            cell.runs += 1
-            if run is not None:
-                cell.best.append(run.summary["best_acc"])
-                cell.last.append(run.summary["last_acc"])
-            else:
-                cell.problems.append(problem)
+            for suffix, measure in measures.items():
+                key = (row, f"{column} {suffix}".strip())
+                cell = table.setdefault(key, Cell(*key))
+                cell.runs += 1
+                if run is None:
+                    cell.problems.append(problem)
+                    continue
+                measured = measure(run)
+                if measured is None:
+                    cell.problems.append("not probed")
+                    continue
+                cell.best.append(measured[0])
+                cell.last.append(measured[1])
     # The paper's numbers; one for a cell without runs (a method not configured here) gets a
     # cell of its own, so that the table shows it rather than dropping it.
     for row, numbers in sweep.paper.items():
@@ -123,12 +153,13 @@ def _summarise(problems: list[str]) -> str:
     """``["missing", "missing", "unfinished"]`` -> ``"2 missing; 1 unfinished"``; other problems
     (foreign or corrupt folders) are kept as they are."""
     counts = collections.Counter(problems)
-    return "; ".join(f"{count} {problem}" if problem in ("missing", "unfinished") else problem
+    return "; ".join(f"{count} {problem}" if problem in ("missing", "unfinished", "not probed")
+                     else problem
                      for problem, count in counts.items())
 
 
 # What a table marks in its cells; anything else (a foreign or corrupt folder) is listed below it.
-ROUTINE = ("missing", "unfinished", "no run configured")
+ROUTINE = ("missing", "unfinished", "not probed", "no run configured")
 
 
 def _format(cell: Cell) -> str:

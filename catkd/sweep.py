@@ -14,9 +14,13 @@ A sweep file names configs, seeds and an optional grid; every combination is one
                                     #  column of its student, as the paper's "Acc" rows do)
     paper:                          # optional: the paper's numbers, paper[row][column]
       kd: {resnet56-resnet20: 70.66}
+    probe: [stl10, tiny-imagenet]   # optional: the table is the linear probes (catkd.probe) of
+                                    # the trained students on these datasets (Table 9); columns
+                                    # become "<column> <dataset>"
 
 Runs go through ``catkd.train.fit``, so each is cached by its config: ``run`` skips what is
-finished, resumes what was interrupted, and waits for a run another process is training.
+finished, resumes what was interrupted, and waits for a run another process is training. A
+sweep with ``probe`` also trains each run's linear probes, cached in its folder.
 ``--index I`` on the command line runs the I-th run only (one job of a cluster job array).
 """
 
@@ -34,9 +38,10 @@ from typing import Iterable, Sequence
 import yaml
 
 from catkd import config as configs
-from catkd import train
+from catkd import probe, train
 
-SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper")
+SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper",
+              "probe")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Sweep:
     rows: str
     columns: str
     paper: dict
+    probe: list[str]
 
 
 def _config_files(sweep_file: Path, patterns: Sequence[str]) -> list[Path]:
@@ -122,7 +128,7 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
                 if experiment.path not in {known.path for known in experiments}:
                     experiments.append(experiment)
     return Sweep(path, spec.get("title", path.stem), experiments, spec.get("rows", "method"),
-                 spec.get("columns", "pair"), spec.get("paper") or {})
+                 spec.get("columns", "pair"), spec.get("paper") or {}, spec.get("probe") or [])
 
 
 def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[train.Run]:
@@ -133,13 +139,13 @@ def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[tra
         if not 0 <= index < len(sweep.experiments):
             raise ValueError(f"--index {index} is out of range: {sweep.path} has "
                              f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
-        return [sweep.experiments[index].fit(quiet)]
+        return [_fit_and_probe(sweep, sweep.experiments[index], quiet)]
     runs, failures = [], []
     for number, experiment in enumerate(sweep.experiments):
         if not quiet:
             print(f"[{number + 1}/{len(sweep.experiments)}] {experiment.path}", flush=True)
         try:
-            runs.append(experiment.fit(quiet))
+            runs.append(_fit_and_probe(sweep, experiment, quiet))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             failures.append(f"{experiment.path}: {error}")
             if not quiet:
@@ -148,3 +154,12 @@ def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[tra
         raise RuntimeError(f"{len(failures)} of {len(sweep.experiments)} runs failed:\n"
                            + "\n".join(failures))
     return runs
+
+
+def _fit_and_probe(sweep: Sweep, experiment: Experiment, quiet: bool) -> train.Run:
+    """Train (or find) the run, then its linear probes if the sweep asks for them (cached in
+    the run folder like the run itself)."""
+    run = experiment.fit(quiet)
+    for dataset in sweep.probe:
+        probe.probe(run, dataset, device=run.config["runtime"]["device"])
+    return run

@@ -140,6 +140,30 @@ def test_report_means_stds_and_paper_differences(table, tmp_path):
     assert rows["catkd"]["problems"] == "1 missing"
 
 
+def test_a_probe_table_reads_each_runs_probe_summaries(tmp_path):
+    path = write_sweep(tmp_path, """
+configs: [QUICK/ce.yaml, QUICK/catkd.yaml]
+seeds: [0, 1]
+probe: [digits, stl10]
+paper: {catkd: {resnet20-resnet8 stl10: 50.0}}
+""")
+    loaded = sweep.load(path, [f"out={tmp_path / 'runs'}"])
+    for experiment in loaded.experiments:
+        fake_run(experiment, 90.0, 89.0)
+        if experiment.config["seed"] == 0:  # seed 1 is not probed yet
+            for offset, dataset in enumerate(("digits", "stl10")):
+                folder = experiment.path / f"probe-{dataset}"
+                folder.mkdir()
+                (folder / "summary.json").write_text(json.dumps(
+                    {"best_acc": 40.0 + offset, "last_acc": 30.0 + offset}))
+    cells = {(cell.row, cell.column): cell for cell in report.cells(loaded)}
+    assert set(cells) == {(method, f"resnet20-resnet8 {dataset}") for method in ("ce", "catkd")
+                          for dataset in ("digits", "stl10")}
+    stl = cells["catkd", "resnet20-resnet8 stl10"]
+    assert (stl.best, stl.last, stl.problems, stl.paper) == ([41.0], [31.0], ["not probed"], 50.0)
+    assert "41.00 ± 0.00 / 31.00 [50.00, -9.00] (1/2 seeds)" in report.markdown(loaded)
+
+
 def test_report_skips_foreign_and_corrupt_folders_and_says_so(table):
     ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
     fake_run(ce_seed0, 80.0, 79.0)

@@ -155,6 +155,13 @@ def test_probe_trains_a_linear_head(tmp_path):
     assert summary["epochs"] == 3 and summary["feature_dim"] == 64
     assert 10 < summary["last_acc"] <= 100
     assert (run.path / "probe-digits" / "summary.json").is_file()
+    # The same probe again is read back; another recipe or seed trains a new head.
+    head = run.path / "probe-digits" / "head.pt"
+    written = head.stat().st_mtime_ns
+    again = probe.probe(run.path, "digits", recipe={"epochs": 3, "milestones": [2]})
+    assert again["last_acc"] == summary["last_acc"] and head.stat().st_mtime_ns == written
+    other = probe.probe(run.path, "digits", seed=1, recipe={"epochs": 3, "milestones": [2]})
+    assert other["seed"] == 1 and head.stat().st_mtime_ns != written
     with pytest.raises(ValueError, match="unknown probe recipe keys"):
         probe.probe(run.path, "digits", recipe={"epoch": 3})
     with pytest.raises(ValueError, match="has 3 channels but the student was trained on 1"):
