@@ -366,7 +366,7 @@ def _claim(path: Path, lock: bool, log) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock_file:
+    with open(path.parent / f".{path.name}.lock", "a") as lock_file:  # "a": never truncated
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

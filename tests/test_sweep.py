@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import papermill
 import pytest
 
 from catkd import config, report, sweep, train
@@ -248,3 +249,16 @@ columns: pair
     assert all(len(best) == 1 for _, _, best, _ in table(parallel))
     printed = finish(cli("report", path, "--set", f"out={parallel}", "--out", tmp_path / "rep"))
     assert "| catkd |" in printed and (tmp_path / "rep" / "table.csv").is_file()
+
+    # The book after the sweep: chapter 3 on this table reads the runs and retrains nothing.
+    before = {file: file.stat().st_mtime_ns for file in parallel.rglob("*") if file.is_file()}
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "03_catkd_results.ipynb"), str(tmp_path / "03.ipynb"),
+        parameters={"profile": "smoke", "out": str(parallel), "device": "cpu",
+                    "overrides": ["data.dataset=digits", "optim.epochs=1", "teacher.epochs=1",
+                                  "runtime.bf16=false"],
+                    "method_tables": [str(path)], "teacher_table": None, "beta_table": None,
+                    "normalise_tables": []},
+        progress_bar=False, cwd=str(ROOT))
+    after = {file: file.stat().st_mtime_ns for file in parallel.rglob("*") if file.is_file()}
+    assert after == before, "the notebook wrote into the run folders"
