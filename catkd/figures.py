@@ -359,14 +359,16 @@ def table_bars(cells: Sequence, title: str = "", size: tuple[float, float] | Non
                          zorder=3)
             if cell.paper is not None:
                 axis.hlines(cell.paper, position - 0.4, position + 0.4, color="tab:red",
-                            linewidth=2, zorder=4, label="paper" if position == 0 else None)
+                            linewidth=2, zorder=4, label="paper")
         axis.set_xticks(x, [cell.row for cell in group], fontsize=8, rotation=45, ha="right")
         axis.set_title(column, fontsize=8)
         low = min(min(cell.best) for cell in group)
         axis.set_ylim(max(0.0, low - 3), min(100.0, max(max(cell.best) for cell in group) + 2))
     axes[0].set_ylabel("best test accuracy (%)", fontsize=9)
-    if any(cell.paper is not None for cell in finished):
-        axes[0].legend(fontsize=7, loc="lower left")
+    with_paper = [axis for axis in axes if axis.get_legend_handles_labels()[1]]
+    if with_paper:
+        handles, labels = with_paper[0].get_legend_handles_labels()
+        with_paper[0].legend(handles[:1], labels[:1], fontsize=7, loc="lower left")
     if title:
         figure.suptitle(title, fontsize=9)
     return figure

@@ -161,3 +161,42 @@ def test_seed_bars_draw_a_panel_per_metric():
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["ce", "catkd"]
     with pytest.raises(ValueError, match="same run labels"):
         figures.seed_bars({"a": {"ce": [1.0]}, "b": {"kd": [1.0]}})
+
+
+def report_cells():
+    from catkd.report import Cell
+
+    return [Cell("ce", "a-b", 2, [80.0, 82.0], [79.0, 81.0]),
+            Cell("catkd", "a-b", 2, [85.0, 86.0], [85.0, 86.0], paper=86.5),
+            Cell("catkd", "c-d", 2, [70.0], [70.0], ["missing"]),
+            Cell("kd", "c-d", 2, [], [], ["missing", "missing"])]
+
+
+def test_table_bars_draw_a_panel_per_column_with_finished_cells_only():
+    figure = figures.table_bars(report_cells(), "a table")
+    first, second = figure.axes
+    assert [tick.get_text() for tick in first.get_xticklabels()] == ["ce", "catkd"]
+    assert [tick.get_text() for tick in second.get_xticklabels()] == ["catkd"]  # kd: no run
+    heights = [patch.get_height() for patch in first.patches]
+    assert heights == pytest.approx([81.0, 85.5])
+    assert len(first.collections) >= 3  # seeds as dots and the paper's dash
+    with pytest.raises(ValueError, match="at least one finished run"):
+        figures.table_bars(report_cells()[3:])
+
+
+def test_table_lines_draw_a_line_per_row_over_numeric_columns():
+    from catkd.report import Cell
+
+    cells = [Cell("catkd", fraction, 1, [value], [value])
+             for fraction, value in (("0.1", 60.0), ("1.0", 90.0), ("0.3", 75.0))]
+    figure = figures.table_lines(cells, "column", "fraction")
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.1, 0.3, 1.0]
+    assert list(line.get_ydata()) == [60.0, 75.0, 90.0]
+
+
+def test_cost_accuracy_marks_methods_with_extra_parameters():
+    figure = figures.cost_accuracy({"kd": (10.0, 88.0, 0), "crd": (30.0, 87.0, 16640)}, "s")
+    axis = figure.axes[0]
+    assert [text.get_text() for text in axis.texts] == ["kd", "crd"]
+    assert len(axis.collections) == 2
