@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["CAMModel", "convert", "class_activation_maps", "upsample", "overlay"]
+__all__ = ["CAMModel", "convert", "class_activation_maps", "grad_cam", "grad_cam_from_cams",
+           "upsample", "overlay"]
 
 HEAD_NEEDED = (
     "catkd.cam.convert needs a classifier whose head is global average pooling followed by "
@@ -217,12 +218,40 @@ def _truncate(traced: fx.GraphModule, features_node: fx.Node) -> fx.GraphModule:
 def class_activation_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """CAMs of every class, (N, K, H, W), for (N, C, H_in, W_in) images; eval mode, no grad."""
     converted = convert(model)
-    was_training = converted.training
+    was_training = model.training  # the new wrapper's own flag says nothing about the model's
     converted.eval()
     try:
         return converted(images)[1]
     finally:
-        converted.train(was_training)
+        model.train(was_training)
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.) of every class, (N, K, h, w), computed with autograd.
+
+    For class c: alpha_c = the spatial mean of d logit_c / d F (one weight per channel of the
+    last feature map F, from ``forward_features``), and the map is ReLU(sum_j alpha_cj F_j).
+    Any model with ``forward_features`` / ``forward_head``; one backward pass through the head
+    per class. For a GAP + Linear head it equals ``grad_cam_from_cams`` of the CAMs.
+    """
+    features = model.forward_features(images).detach().requires_grad_()  # (N, C, h, w)
+    logits = model.forward_head(features)  # (N, K)
+    maps = []
+    for cls in range(logits.shape[1]):
+        (gradient,) = torch.autograd.grad(logits[:, cls].sum(), features, retain_graph=True)
+        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        maps.append(F.relu((weights * features).sum(dim=1)))
+    return torch.stack(maps, dim=1).detach()
+
+
+def grad_cam_from_cams(cams: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM from (N, K, h, w) CAMs of a GAP + Linear head: ReLU(CAM) / (h w).
+
+    Through GAP + Linear, d logit_c / d F_j is w_cj / (h w) at every position, so Grad-CAM's
+    channel weights are the FC weights over h w and its map is the CAM's positive part, scaled:
+    the same maps without a backward pass.
+    """
+    return F.relu(cams) / (cams.shape[2] * cams.shape[3])
 
 
 def upsample(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -158,6 +158,8 @@ def test_class_activation_maps_keeps_training_mode():
     maps = cam.class_activation_maps(model, torch.rand(2, 3, 32, 32))
     assert maps.shape == (2, 10, 8, 8) and not maps.requires_grad
     assert model.training
+    cam.class_activation_maps(model.eval(), torch.rand(2, 3, 32, 32))
+    assert not model.training
 
 
 def test_upsample_and_overlay():
@@ -174,3 +176,20 @@ def test_upsample_and_overlay():
         cam.overlay(image[0], cam_map)
     with pytest.raises(ValueError, match=r"one CAM of shape \(h, w\), got \(1, 2, 2\)"):
         cam.overlay(image, cam_map[None])
+
+
+def test_grad_cam_by_autograd_is_the_positive_part_of_the_cam_over_its_area():
+    model = calibrated(models.create("resnet8", num_classes=5), torch.randn(16, 3, 32, 32))
+    images = torch.randn(3, 3, 32, 32)
+    maps = cam.grad_cam(model, images)
+    cams = cam.class_activation_maps(model, images)
+    assert maps.shape == cams.shape == (3, 5, 8, 8)
+    # Independently: Grad-CAM by its definition, class by class, with torch.func's Jacobian.
+    features = model.forward_features(images).detach()
+    for cls in range(5):
+        jacobian = torch.func.jacrev(lambda f: model.forward_head(f)[:, cls].sum())(features)
+        weights = jacobian.mean(dim=(2, 3))  # (N, C)
+        expected = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
+        torch.testing.assert_close(maps[:, cls], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps, cam.grad_cam_from_cams(cams), atol=1e-5, rtol=1e-4)
+    assert (maps == 0).any() and (maps > 0).any()  # the ReLU matters: CAMs go negative

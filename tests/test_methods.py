@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catkd import losses, methods, models
+from catkd import cam, losses, methods, models
 from catkd.methods import cat as cat_module
 
 NUM_CLASSES = 5
@@ -211,6 +211,18 @@ def test_cat_values(batch, name, overrides, ce_weight, beta, cat_settings):
         torch.testing.assert_close(terms["ce"], ce_weight * F.cross_entropy(student_logits, labels))
 
 
+def test_cat_transfers_grad_cam_maps_when_asked(batch):
+    images, labels = batch
+    method = make_method("cat", teacher_maps="gradcam").train()
+    _, terms = method(images, labels, epoch=0)
+    student_cams = hand_cams(method.student, images)
+    teacher_maps = cam.grad_cam(method.teacher, images)  # autograd, by Grad-CAM's definition
+    expected = 50.0 * losses.cat_loss(student_cams, teacher_maps, resolution=2, normalize="l2")
+    torch.testing.assert_close(terms["cat"], expected)
+    with pytest.raises(ValueError, match="unknown teacher_maps 'gradcams'"):
+        make_method("cat", teacher_maps="gradcams")
+
+
 def test_cat_is_label_free(batch):
     images, labels = batch
     method = make_method("cat").eval()
@@ -279,9 +291,10 @@ def test_settings_are_the_reference_defaults():
                                            warmup_epochs=20)
     assert methods.settings("at") == dict(ce_weight=1.0, at_weight=1000.0, p=2)
     assert methods.settings("cat") == dict(beta=50.0, resolution=2, normalize="l2",
-                                           binarize=None, classes=None)
+                                           binarize=None, classes=None, teacher_maps="cam")
     assert methods.settings("catkd") == dict(ce_weight=1.0, beta=15.0, resolution=2,
-                                             normalize=None, binarize=None, classes=None)
+                                             normalize=None, binarize=None, classes=None,
+                                             teacher_maps="cam")
 
 
 def test_unknown_method_lists_valid_names():

@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catkd.cam import CAMModel, convert
+from catkd.cam import CAMModel, convert, grad_cam_from_cams
 from catkd.losses import cat_loss
 from catkd.methods.base import Method
+
+
+TEACHER_MAPS = ("cam", "gradcam")
 
 
 class CAT(Method):
@@ -20,7 +23,9 @@ class CAT(Method):
 
     Neither the labels nor any logits reach the loss: the student learns from the teacher's
     CAMs only (the paper's setting for Section 4.2). ``resolution``, ``normalize``,
-    ``binarize`` and ``classes`` are those of ``catkd.losses.cat_loss``. Term: ``cat``.
+    ``binarize`` and ``classes`` are those of ``catkd.losses.cat_loss``; ``teacher_maps``
+    "gradcam" transfers the teacher's Grad-CAM maps instead of its CAMs (Appendix A.4). Term:
+    ``cat``.
     """
 
     student_cam_model: CAMModel
@@ -28,8 +33,10 @@ class CAT(Method):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 50.0,
                  resolution: int = 2, normalize: str | None = "l2", binarize: str | None = None,
-                 classes: tuple[str, int] | None = None) -> None:
+                 classes: tuple[str, int] | None = None, teacher_maps: str = "cam") -> None:
         super().__init__(student, teacher)
+        if teacher_maps not in TEACHER_MAPS:
+            raise ValueError(f"unknown teacher_maps {teacher_maps!r}; valid: {TEACHER_MAPS}")
         # Plain attributes (``__dict__``), not submodules: the converted models share every
         # parameter with the registered student and teacher, so registering them would put each
         # weight in the state_dict twice.
@@ -39,12 +46,15 @@ class CAT(Method):
         self.normalize = normalize
         self.binarize = binarize
         self.classes = classes
+        self.teacher_maps = teacher_maps
 
     def logits_and_cat(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, H, W) images -> the student's (N, K) logits and the weighted CAT term."""
         logits, student_cams = self.student_cam_model(images)  # CAMs: (N, K, H_s, W_s)
         with torch.no_grad():
             _, teacher_cams = self.teacher_cam_model(images)  # (N, K, H_t, W_t)
+            if self.teacher_maps == "gradcam":
+                teacher_cams = grad_cam_from_cams(teacher_cams)
         transfer = cat_loss(student_cams, teacher_cams, self.resolution, self.normalize,
                             self.binarize, self.classes)
         return logits, self.beta * transfer
@@ -65,9 +75,11 @@ class CATKD(CAT):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  beta: float = 15.0, resolution: int = 2, normalize: str | None = None,
-                 binarize: str | None = None, classes: tuple[str, int] | None = None) -> None:
+                 binarize: str | None = None, classes: tuple[str, int] | None = None,
+                 teacher_maps: str = "cam") -> None:
         super().__init__(student, teacher, beta=beta, resolution=resolution,
-                         normalize=normalize, binarize=binarize, classes=classes)
+                         normalize=normalize, binarize=binarize, classes=classes,
+                         teacher_maps=teacher_maps)
         self.ce_weight = ce_weight
 
     def forward(
