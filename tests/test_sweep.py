@@ -74,9 +74,13 @@ overrides: [optim.epochs=1]
 
 
 def test_globs_expand_sorted_and_duplicates_run_once(tmp_path):
-    path = write_sweep(tmp_path, "configs: [QUICK/ca*.yaml, QUICK/cat.yaml]\nseeds: [0]\n")
-    names = [experiment.config_file.name for experiment in sweep.load(path).experiments]
-    assert names == ["cat.yaml", "catkd.yaml"]
+    for name, lr in (("b", 0.1), ("a", 0.2), ("c", 0.3)):
+        (tmp_path / f"{name}.yaml").write_text(f"base: {QUICK / 'ce.yaml'}\noptim: {{lr: {lr}}}\n")
+    path = write_sweep(tmp_path, "configs: ['[ab].yaml', c.yaml, b.yaml]\n")
+    loaded = sweep.load(path)
+    assert [experiment.config_file.name for experiment in loaded.experiments] == \
+        ["a.yaml", "b.yaml", "c.yaml"]
+    assert [experiment.config["optim"]["lr"] for experiment in loaded.experiments] == [0.2, 0.1, 0.3]
 
 
 @pytest.mark.parametrize("text, error", [
