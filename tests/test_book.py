@@ -119,25 +119,29 @@ def rendered(tmp_path: Path, page: Path) -> tuple[str, list[str]]:
     return found["dom"], found["sizes"].split()
 
 
-def source_of(book: Path, name: str) -> tuple[str, int]:
-    """The title of a toc entry (its first heading) and its number of image/png outputs."""
+def source_of(book: Path, name: str) -> tuple[str, int, int]:
+    """The title of a toc entry (its first heading), its number of image/png outputs and of
+    Markdown outputs holding a table (the report tables a cell displays)."""
     notebook = book / f"{name}.ipynb"
     if notebook.exists():
         cells = json.loads(notebook.read_text())["cells"]
         text = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
-        images = sum("image/png" in output.get("data", {})
-                     for cell in cells for output in cell.get("outputs", []))
+        outputs = [output.get("data", {}) for cell in cells for output in cell.get("outputs", [])]
+        images = sum("image/png" in data for data in outputs)
+        tables = sum("|---" in "".join(data.get("text/markdown", "")) for data in outputs)
     else:
-        text, images = (book / f"{name}.md").read_text(), 0
-    return re.search(r"^# (.+)$", text, re.M).group(1).strip(), images
+        text, images, tables = (book / f"{name}.md").read_text(), 0, 0
+    return re.search(r"^# (.+)$", text, re.M).group(1).strip(), images, tables
 
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_of_the_toc_renders_with_its_figures(book, name, tmp_path):
     page = book / "_build" / "html" / f"{name}.html"
     assert page.exists(), f"{name} is in _toc.yml but the build has no {page.name}"
-    title, images = source_of(book, name)
+    title, images, tables = source_of(book, name)
     dom, sizes = rendered(tmp_path, page)
+    # A displayed Markdown table must render as a table, not as its pipes and dashes.
+    assert dom.count("<table") >= tables, f"{name}: {tables} Markdown tables, rendered {dom.count('<table')}"
 
     headings = [html.unescape(re.sub(r"<[^>]+>", "", heading))
                 for heading in re.findall(r"<h1[^>]*>(.*?)</h1>", dom, re.S)]
