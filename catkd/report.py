@@ -13,8 +13,8 @@ import csv
 import os
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from catkd import probe, train
@@ -31,9 +31,10 @@ class Cell:
     row: str
     column: str
     runs: int = 0  # expected
-    best: list[float] = field(default_factory=list)  # best-epoch top-1 (%) of finished runs
-    last: list[float] = field(default_factory=list)  # last-epoch top-1 (%)
-    problems: list[str] = field(default_factory=list)  # "2 missing", "foreign: <path>", ...
+    # Best-epoch and last-epoch top-1 (%) of the finished runs (or of their linear probes).
+    best: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # per run: "missing", "unfinished", ...
     paper: float | None = None
 
     @property
