@@ -140,14 +140,10 @@ def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell
     # cell of its own, so that the table shows it rather than dropping it.
     for row, numbers in sweep.paper.items():
         for column, number in numbers.items():
-            key = (_text(row), _text(column))
+            # YAML reads keys such as 15 or null as numbers or None; labels are strings.
+            key = (str(row), str(column))
             table.setdefault(key, Cell(*key, problems=["no run configured"])).paper = number
     return list(table.values())
-
-
-def _text(key) -> str:
-    """A paper table's key as a run label: YAML reads ``15`` and ``null`` keys as 15 and None."""
-    return str(key)
 
 
 def _summarise(problems: list[str]) -> str:
