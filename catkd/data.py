@@ -753,12 +753,28 @@ class FolderLoader(torch.utils.data.DataLoader):
             self.sampler.set_epoch(epoch)
 
 
+class _WithIndices(torch.utils.data.Dataset):
+    """An image folder's samples with their index: (image, label, index)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.targets = dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
 def imagenet_loader(split: str, batch_size: int, root: Optional[Union[str, Path]] = None,
                     workers: int = 8, rank: int = 0, world_size: int = 1,
-                    seed: int = 0) -> FolderLoader:
+                    seed: int = 0, sample_indices: bool = False) -> FolderLoader:
     """ImageNet from ``<root>/imagenet/train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``.
 
-    Yields float32 (B, 3, 224, 224) normalised with ImageNet's mean and std, and int64 (B,).
+    Yields float32 (B, 3, 224, 224) normalised with ImageNet's mean and std, and int64 (B,)
+    labels; with ``sample_indices`` also the (B,) indices of the samples in the folder (CRD).
+    ``loader.dataset.targets`` lists every sample's label.
     train: RandomResizedCrop 224 + horizontal flip, shuffled by a DistributedSampler seeded by
     ``seed`` (call ``set_epoch`` every epoch), the last incomplete batch dropped; with
     ``world_size`` > 1 each rank gets an equal share. test: Resize 256 + CenterCrop 224, in order;
@@ -784,6 +800,8 @@ def imagenet_loader(split: str, batch_size: int, root: Optional[Union[str, Path]
     else:
         augment = [transforms.Resize(256), transforms.CenterCrop(224)]
     dataset = torchvision.datasets.ImageFolder(str(folder), transforms.Compose(augment + normalise))
+    if sample_indices:
+        dataset = _WithIndices(dataset)
     if split == "train":
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)

@@ -282,7 +282,8 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
     spec, runtime = config["data"], config["runtime"]
     if spec["dataset"] == "imagenet":
         return tuple(data.imagenet_loader(split, spec["batch_size"], spec["root"],
-                                          runtime["workers"], rank, world_size, config["seed"])
+                                          runtime["workers"], rank, world_size, config["seed"],
+                                          sample_indices and split == "train")
                      for split in ("train", "test"))
     common = dict(batch_size=spec["batch_size"], device=device, seed=config["seed"],
                   rank=rank, world_size=world_size, channels_last=runtime["channels_last"])
@@ -386,18 +387,19 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, lo
         train_set, test_set = _datasets(config)
         shape = (test_set.num_classes, test_set.in_channels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
+    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
+                                         methods.needs_sample_indices(config["method"]))
+    train_labels = (train_set.labels if train_set is not None
+                    else torch.as_tensor(train_loader.dataset.targets))
     # Seeded after the teacher so that the student's initialisation does not depend on whether
     # the teacher was trained in this process or loaded.
     _seed_everything(config["seed"], runtime["deterministic"])
     student = build_student(config, shape)
-    method = methods.create(config["method"], student, teacher,
-                            train_labels=train_set.labels if train_set is not None else None,
+    method = methods.create(config["method"], student, teacher, train_labels=train_labels,
                             **config["loss"]).to(device)
     memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
-    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
-                                         method.needs_sample_indices)
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
     step = method

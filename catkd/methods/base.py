@@ -115,12 +115,17 @@ class _Recorder:
         return [self._values.pop(name) for name in self.names]
 
 
-def _named_taps(model: nn.Module, attribute: str) -> tuple[str, ...]:
+def _named_taps(model: nn.Module, attribute: str, deepest: int | None) -> tuple[str, ...]:
     names = tuple(getattr(model, attribute, ()))
     if not names:
         raise ValueError(f"{type(model).__name__} declares no {attribute}; the feature-based "
                          f"methods need a zoo model (catkd.models) that names them")
-    return names
+    if deepest is None:
+        return names
+    if not 1 <= deepest <= len(names):
+        raise ValueError(f"{type(model).__name__} has {len(names)} {attribute} {names}: the "
+                         f"number of deepest stages kept must be 1 to {len(names)}, got {deepest}")
+    return names[-deepest:]
 
 
 class StageRecorder(_Recorder):
@@ -128,7 +133,7 @@ class StageRecorder(_Recorder):
     shallow to deep."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(_named_taps(model, "stages"))
+        super().__init__(_named_taps(model, "stages", None))
         for name in self.names:
             model.get_submodule(name).register_forward_hook(partial(self._keep_output, name))
 
@@ -138,12 +143,13 @@ class StageRecorder(_Recorder):
 
 
 class PreReLURecorder(_Recorder):
-    """Hooks at ``model.preact_stages`` that keep each stage's latest pre-ReLU map (N, C_i, H_i,
-    W_i), shallow to deep: the input of a named ``nn.ReLU`` (its last call in a forward wins,
-    the one that ends the stage), else the named module's output."""
+    """Hooks at ``model.preact_stages`` (the ``deepest`` last ones, or all) that keep each
+    stage's latest pre-ReLU map (N, C_i, H_i, W_i), shallow to deep: the input of a named
+    ``nn.ReLU`` (its last call in a forward wins, the one that ends the stage), else the named
+    module's output."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(_named_taps(model, "preact_stages"))
+    def __init__(self, model: nn.Module, deepest: int | None = None) -> None:
+        super().__init__(_named_taps(model, "preact_stages", deepest))
         for name in self.names:
             module = model.get_submodule(name)
             if isinstance(module, nn.ReLU):

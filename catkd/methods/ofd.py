@@ -1,4 +1,4 @@
-"""Overhaul of feature distillation (Heo et al., ICCV 2019), with mdistiller's CIFAR settings."""
+"""Overhaul of feature distillation (Heo et al., ICCV 2019), with mdistiller's settings."""
 
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ class OFD(Method):
     Stage i of the student (``model.preact_stages``) goes through its own connector (trained
     with the student) and is compared with stage i of the teacher, pooled to the student's size,
     against margins taken once from the teacher's BatchNorms (``model.preact_norms``).
-    Terms: ``ce``, ``ofd``.
+    ``stages`` keeps only that many of the deepest stages (None: all; mdistiller's ImageNet OFD
+    distils the three deepest). Terms: ``ce``, ``ofd``.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
-                 ofd_weight: float = 1e-3) -> None:
+                 ofd_weight: float = 1e-3, stages: int | None = None) -> None:
         super().__init__(student, teacher)
-        self.student_preacts = PreReLURecorder(student)
-        self.teacher_preacts = PreReLURecorder(teacher)
+        self.student_preacts = PreReLURecorder(student, stages)
+        self.teacher_preacts = PreReLURecorder(teacher, stages)
         student_count = len(self.student_preacts.names)
         teacher_norms = tuple(getattr(teacher, "preact_norms", ()))
         if student_count != len(self.teacher_preacts.names) or not teacher_norms:
@@ -42,6 +43,7 @@ class OFD(Method):
                 f"student {type(student).__name__} has {self.student_preacts.names}, teacher "
                 f"{type(teacher).__name__} has {self.teacher_preacts.names} with BatchNorms "
                 f"{teacher_norms}")
+        teacher_norms = teacher_norms[len(teacher_norms) - student_count:]
         (student_shapes,) = probe_shapes(student, [self.student_preacts])
         (teacher_shapes,) = probe_shapes(teacher, [self.teacher_preacts])
         self.connectors = nn.ModuleList(

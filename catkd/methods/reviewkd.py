@@ -1,4 +1,4 @@
-"""Knowledge review (ReviewKD, Chen et al., CVPR 2021), with mdistiller's CIFAR-100 settings.
+"""Knowledge review (ReviewKD, Chen et al., CVPR 2021), with mdistiller's settings.
 
 The student's stage maps and pooled features, deepest first, pass through attention-based
 fusion (ABF) modules: each fuses its level with the fused result of the level below (deeper),
@@ -60,8 +60,9 @@ class AttentionFusion(nn.Module):
 class ReviewKD(Method):
     """``ce_weight`` * CE + ``review_weight`` * warm-up * HCL over stages and pooled features.
 
-    Student levels: the stage outputs (``model.stages``, post-ReLU, mdistiller's default) and
-    the pooled features as a 1x1 map; teacher levels: the pre-ReLU stage maps
+    Student levels: the stage outputs (``model.stages``, post-ReLU, mdistiller's CIFAR setting;
+    with ``student_preact``, its ImageNet setting, the pre-ReLU maps ``model.preact_stages``)
+    and the pooled features as a 1x1 map; teacher levels: the pre-ReLU stage maps
     (``model.preact_stages``) and the pooled features. The fusion modules' middle width is
     min(``max_mid_channels``, the student's pooled width). The warm-up factor is
     ``min((epoch + 1) / warmup_epochs, 1)`` for the 0-based epoch (mdistiller's ramp, which
@@ -70,11 +71,12 @@ class ReviewKD(Method):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  review_weight: float = 1.0, warmup_epochs: int = 20,
-                 max_mid_channels: int = 512) -> None:
+                 max_mid_channels: int = 512, student_preact: bool = False) -> None:
         super().__init__(student, teacher)
         if warmup_epochs < 1:
             raise ValueError(f"warmup_epochs must be >= 1 (1: no warm-up), got {warmup_epochs}")
-        self.student_stages = StageRecorder(student)
+        self.student_stages = (PreReLURecorder(student) if student_preact
+                               else StageRecorder(student))
         self.student_pooled = PooledRecorder(student)
         self.teacher_preacts = PreReLURecorder(teacher)
         self.teacher_pooled = PooledRecorder(teacher)

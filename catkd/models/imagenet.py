@@ -17,9 +17,22 @@ from catkd.models.registry import register
 
 
 class ImageNetResNet(GAPClassifier, resnet.ResNet):
-    """torchvision's ResNet; features (N, 512 or 2048, H/32, W/32)."""
+    """torchvision's ResNet; features (N, 512 or 2048, H/32, W/32).
+
+    Stages: layer1-4 (H/4 .. H/32). Each stage's pre-ReLU map is the residual sum of its last
+    block, read at that block's ReLU (called last after the sum), described by the block's last
+    BatchNorm (before the sum, as OFD and mdistiller take it).
+    """
 
     stages = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int) -> None:
+        super().__init__(block, layers, num_classes=num_classes)
+        last_norm = "bn3" if block is resnet.Bottleneck else "bn2"
+        self.preact_stages = tuple(f"{stage}.{blocks - 1}.relu"
+                                   for stage, blocks in zip(self.stages, layers))
+        self.preact_norms = tuple(f"{stage}.{blocks - 1}.{last_norm}"
+                                  for stage, blocks in zip(self.stages, layers))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -30,7 +43,7 @@ class ImageNetResNet(GAPClassifier, resnet.ResNet):
 
 
 def _resnet(block: type[nn.Module], layers: list[int], num_classes: int, in_channels: int):
-    model = ImageNetResNet(block, layers, num_classes=num_classes)
+    model = ImageNetResNet(block, layers, num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
@@ -88,13 +101,18 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride:
 class MobileNetV1(GAPClassifier):
     """MobileNet-V1 (width 1.0): a strided 3x3 conv, then 13 depthwise-separable blocks.
 
-    Features (N, 1024, H/32, W/32); 4.2M parameters with 1000 classes.
+    Features (N, 1024, H/32, W/32); 4.2M parameters with 1000 classes. Stages: the last block
+    at each resolution from H/4 on (128, 256, 512, 1024 channels), as ResNets' layer1-4 and
+    mdistiller's MobileNet-V1 features; their pre-ReLU maps are the pointwise BatchNorms' outputs.
     """
 
     # (output channels, stride) of each depthwise-separable block.
     BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
               (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
-    stages = ("features.1", "features.3", "features.5", "features.11", "features.13")
+    stages = ("features.3", "features.5", "features.11", "features.13")
+    # Block i is features.i = (depthwise, pointwise), each conv, BN, ReLU.
+    preact_stages = tuple(f"{stage}.1.2" for stage in stages)
+    preact_norms = tuple(f"{stage}.1.1" for stage in stages)
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3):
         super().__init__()
