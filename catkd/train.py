@@ -232,6 +232,15 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _share_rank_0_buffers(module: nn.Module) -> None:
+    """Under DDP, give every rank rank 0's buffers (BatchNorm statistics): DDP broadcasts them
+    at the start of each forward, so after an epoch's last step the ranks' differ by that step,
+    and each rank's evaluation would use another student than the one rank 0 saves."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively (a GPU from Ampere on; a CPU with
     AVX512-BF16 or AMX), where bf16 autocast speeds training up rather than down."""
@@ -440,6 +449,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, lo
         averages = train_epoch(step, method, train_loader, optimizer, schedule, epoch, device,
                                 runtime["bf16"], memory_format, config["optim"]["schedule"],
                                 desc=f"epoch {epoch + 1}/{epochs}")
+        _share_rank_0_buffers(student)
         evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **averages, "test_acc": evaluation["top1"],

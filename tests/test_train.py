@@ -122,10 +122,11 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_ddp_under_torchrun_on_cpu(tmp_path):
+    # CRD: the method with the most per-sample state (sample indices, memories over the set).
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "catkd", "train",
-               *tiny(tmp_path, "name=ddp", "method=kd", "teacher.model=resnet14",
-                     "teacher.epochs=1")]
+               *tiny(tmp_path, "name=ddp", "method=crd", "loss.negatives=64",
+                     "teacher.model=resnet14", "teacher.epochs=1")]
     # A session of its own, so that a hang kills the workers too, not only torchrun.
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -145,6 +146,12 @@ def test_ddp_under_torchrun_on_cpu(tmp_path):
     loader = data.BatchLoader(data.load("digits", "test"), batch_size=100, train=False)
     measured = train.evaluate(run.model(), loader, 10, torch.device("cpu"))
     assert measured["top1"] == pytest.approx(run.summary["last_acc"])
+    # Each rank applied both ranks' memory updates: the memory entries moved (unit vectors,
+    # where the initial ones are not) cover at least one whole epoch of both ranks' batches
+    # (2 x 22 x 32 of the 1437 images), not rank 0's half alone.
+    memory = torch.load(run.path / "last.pt", weights_only=True)["extras"]["student_memory"]
+    moved = (memory.norm(dim=1) - 1).abs() < 1e-4
+    assert int(moved.sum()) >= 2 * 22 * 32
 
 
 def test_probe_trains_a_linear_head(tmp_path):

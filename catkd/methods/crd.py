@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,6 +32,16 @@ class Embedding(nn.Module):
         return F.normalize(self.linear(features), dim=1)
 
 
+def _from_every_rank(tensor: torch.Tensor) -> torch.Tensor:
+    """Under DDP, the concatenation of every rank's (B, ...) ``tensor`` (each rank's batches have
+    one size: the training loaders drop incomplete ones); else ``tensor`` itself."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered)
+
+
 class CRD(Method):
     """``ce_weight`` * CE + ``crd_weight`` * (NCE of the student side + of the teacher side).
 
@@ -40,8 +51,9 @@ class CRD(Method):
     pooled penultimate ones of both models. The normalising constant Z of each side is set from
     the first batch (mean score times N_train) and then kept. Terms: ``ce``, ``crd``.
 
-    Under DDP, DistributedDataParallel broadcasts rank 0's buffers each step, so the memories
-    follow rank 0's updates only.
+    Under DDP every rank applies every rank's updates (the batch's embeddings and indices are
+    gathered), so the memories stay identical across ranks and see the whole training set, as
+    in one process.
     """
 
     needs_sample_indices = True
@@ -123,8 +135,9 @@ class CRD(Method):
                                            self.normalizers))
         contrastive = (crd_loss(student_scores / self.normalizers[0], size)
                        + crd_loss(teacher_scores / self.normalizers[1], size))
-        self._update(self.student_memory, student.detach(), indices)
-        self._update(self.teacher_memory, teacher.detach(), indices)
+        indices = _from_every_rank(indices)
+        self._update(self.student_memory, _from_every_rank(student.detach()), indices)
+        self._update(self.teacher_memory, _from_every_rank(teacher.detach()), indices)
         return logits, {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),
             "crd": self.crd_weight * contrastive,
