@@ -98,6 +98,13 @@ def final_accuracy(run: train.Run) -> tuple[float, float]:
     return run.summary["best_acc"], run.summary["last_acc"]
 
 
+def top5_accuracy(run: train.Run) -> tuple[float, float]:
+    """The run's top-5 test accuracy (%) at its best (top-1) epoch and at its last epoch."""
+    best_epoch = run.summary["best_epoch"]
+    at_best = next(row for row in run.metrics() if row["epoch"] == best_epoch)
+    return at_best["test_top5"], run.summary["last_top5"]
+
+
 def _probe_accuracy(run: train.Run, dataset: str) -> tuple[float, float] | None:
     summary = probe.probed(run, dataset)
     return None if summary is None else (summary["best_acc"], summary["last_acc"])
@@ -108,13 +115,19 @@ def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell
     reach them.
 
     ``measures`` maps a column suffix to what is measured on each finished run, (best, last) or
-    None when it was not measured; by default the run's own test accuracy, or for a sweep with
+    None when it was not measured; by default the run's own top-1 test accuracy, for a sweep
+    with ``top5`` also its top-5 (columns "<pair> top-1", "<pair> top-5"), or for a sweep with
     ``probe`` the accuracy of its linear probe on each dataset (Table 9), columns "<pair>
     <dataset>".
     """
     if measures is None:
-        measures = ({dataset: partial(_probe_accuracy, dataset=dataset) for dataset in sweep.probe}
-                    or {"": final_accuracy})
+        if sweep.probe:
+            measures = {dataset: partial(_probe_accuracy, dataset=dataset)
+                        for dataset in sweep.probe}
+        elif sweep.top5:
+            measures = {"top-1": final_accuracy, "top-5": top5_accuracy}
+        else:
+            measures = {"": final_accuracy}
     pair_columns = list(dict.fromkeys(label(experiment.config, "pair")
                                       for experiment in sweep.experiments
                                       if experiment.config["teacher"]["model"]))
@@ -180,7 +193,7 @@ def markdown(sweep: Sweep, table: list[Cell] | None = None) -> str:
     rows = list(dict.fromkeys(cell.row for cell in table))
     columns = list(dict.fromkeys(cell.column for cell in table))
     by_key = {(cell.row, cell.column): cell for cell in table}
-    lines = [f"**{sweep.title}** (best ± std / last, % top-1"
+    lines = [f"**{sweep.title}** (best ± std / last, %" + ("" if sweep.top5 else " top-1")
              + (", [paper, difference]" if sweep.paper else "") + ")", "",
              "| " + " | ".join([f"{sweep.rows} \\ {sweep.columns}", *columns]) + " |",
              "|" + "---|" * (len(columns) + 1)]

@@ -17,6 +17,8 @@ A sweep file names configs, seeds and an optional grid; every combination is one
     probe: [stl10, tiny-imagenet]   # optional: the table is the linear probes (catkd.probe) of
                                     # the trained students on these datasets (Table 9); columns
                                     # become "<column> <dataset>"
+    top5: true                      # optional: top-5 beside top-1 (Tables 7-8); columns become
+                                    # "<column> top-1" and "<column> top-5"
 
 Runs go through ``catkd.train.fit``, so each is cached by its config: ``run`` skips what is
 finished, resumes what was interrupted, and waits for a run another process is training. A
@@ -41,7 +43,7 @@ from catkd import config as configs
 from catkd import probe, train
 
 SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper",
-              "probe")
+              "probe", "top5")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Sweep:
     columns: str
     paper: dict
     probe: list[str]
+    top5: bool = False
 
 
 def _config_files(sweep_file: Path, patterns: Sequence[str]) -> list[Path]:
@@ -127,8 +130,11 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
                                         configs.resolve(config_file, run_overrides))
                 if experiment.path not in {known.path for known in experiments}:
                     experiments.append(experiment)
+    if spec.get("probe") and spec.get("top5"):
+        raise ValueError(f"{path}: a probe table shows top-1 only; drop 'top5' or 'probe'")
     return Sweep(path, spec.get("title", path.stem), experiments, spec.get("rows", "method"),
-                 spec.get("columns", "pair"), spec.get("paper") or {}, spec.get("probe") or [])
+                 spec.get("columns", "pair"), spec.get("paper") or {}, spec.get("probe") or [],
+                 bool(spec.get("top5", False)))
 
 
 def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[train.Run]:

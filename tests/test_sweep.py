@@ -170,6 +170,34 @@ paper: {catkd: {resnet20-resnet8 stl10: 50.0}}
     assert "41.00 ± 0.00 / 31.00 [50.00, -9.00] (1/2 seeds)" in report.markdown(loaded)
 
 
+def test_a_top5_table_reads_top5_at_the_best_top1_epoch(tmp_path):
+    path = write_sweep(tmp_path, """
+configs: [QUICK/kd.yaml]
+seeds: [0]
+top5: true
+paper: {kd: {resnet20-resnet8 top-1: 70.0, resnet20-resnet8 top-5: 90.0}}
+""")
+    loaded = sweep.load(path, [f"out={tmp_path / 'runs'}"])
+    (experiment,) = loaded.experiments
+    fake_run(experiment, 80.0, 78.0)
+    summary = experiment.path / train.SUMMARY
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "best_epoch": 2,
+                                   "last_top5": 93.0}))
+    (experiment.path / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": epoch, "test_acc": top1, "test_top5": top5}) + "\n"
+        for epoch, top1, top5 in ((1, 60.0, 95.0), (2, 80.0, 94.0), (3, 78.0, 93.0))))
+    cells = {cell.column: cell for cell in report.cells(loaded)}
+    assert (cells["resnet20-resnet8 top-1"].best, cells["resnet20-resnet8 top-1"].last) == \
+        ([80.0], [78.0])
+    # Top-5 of the best top-1 epoch (2), not the best top-5 over epochs (1).
+    assert (cells["resnet20-resnet8 top-5"].best, cells["resnet20-resnet8 top-5"].last) == \
+        ([94.0], [93.0])
+    assert "94.00 ± 0.00 / 93.00 [90.00, +4.00]" in report.markdown(loaded)
+    probed = write_sweep(tmp_path, "configs: [QUICK/kd.yaml]\ntop5: true\nprobe: [digits]\n")
+    with pytest.raises(ValueError, match="a probe table shows top-1 only"):
+        sweep.load(probed)
+
+
 def test_report_skips_foreign_and_corrupt_folders_and_says_so(table):
     ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
     fake_run(ce_seed0, 80.0, 79.0)
