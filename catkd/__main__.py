@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=2,
                        help="DataLoader workers of the authors' way")
     bench.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    bench.add_argument("--step-methods", nargs="+", metavar="METHOD",
+                       help="the methods whose fast-path step is timed (default: all ten)")
+    bench.add_argument("--epoch-images", type=int, default=0, metavar="N",
+                       help="also time one epoch of N images (50000: CIFAR-100's) and project "
+                            "the paper's 240 epochs")
     bench.add_argument("--out", default="runs/bench.json", help="JSON file for the results")
 
     listing = commands.add_parser("list", help="valid names: models, methods, datasets, keys")
@@ -125,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             bench.bench(args.method, args.student, args.teacher, args.device, args.steps,
                         args.warmup, args.rounds, workers=args.workers,
-                        compile_step=args.compile, out=args.out)
+                        compile_step=args.compile,
+                        step_methods=args.step_methods or bench.STEP_METHODS,
+                        epoch_images=args.epoch_images,
+                        out=args.out)
             return 0
         if args.command == "sweep":
             runs = sweep.load(args.file, args.overrides)

@@ -21,6 +21,31 @@ def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
     assert results["peak_memory_mb"] > 0
     printed = capsys.readouterr().out
     assert "authors' way" in printed and "catkd step / kd step" in printed
+    assert "epoch" not in results and "240 epochs" not in printed
+
+
+def test_one_epoch_is_timed_and_projected_to_the_paper_s_240(capsys):
+    epoch = bench.epoch_time("catkd", "resnet8", "resnet14", "cpu", train_images=3 * 64 + 5,
+                             warmup=1)
+    assert (epoch["train_images"], epoch["test_images"]) == (3 * 64 + 5, 39)
+    assert epoch["seconds"] == epoch["train_seconds"] + epoch["test_seconds"]
+    assert epoch["train_seconds"] > 0 and epoch["test_seconds"] > 0
+    assert epoch["projected_minutes"] == 240 * epoch["seconds"] / 60
+
+
+def test_the_command_line_prints_the_projection(tmp_path, capsys):
+    from catkd.__main__ import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--student", "resnet8", "--teacher", "resnet14", "--device", "cpu",
+                 "--steps", "1", "--warmup", "1", "--rounds", "1", "--workers", "0",
+                 "--step-methods", "ce", "catkd", "--epoch-images", "130",
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["epoch"]["train_images"] == 130
+    assert list(results["step_ms"]) == ["ce", "catkd"] and "catkd_over_kd" not in results
+    printed = capsys.readouterr().out
+    assert "240 epochs in" in printed and "catkd step / kd step" not in printed
 
 
 def test_the_authors_pipeline_transforms_like_torchvision():
