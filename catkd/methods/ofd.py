@@ -43,7 +43,7 @@ class OFD(Method):
                 f"student {type(student).__name__} has {self.student_preacts.names}, teacher "
                 f"{type(teacher).__name__} has {self.teacher_preacts.names} with BatchNorms "
                 f"{teacher_norms}")
-        teacher_norms = teacher_norms[len(teacher_norms) - student_count:]
+        teacher_norms = teacher_norms[len(teacher_norms) - student_count:]  # the kept stages' norms
         (student_shapes,) = probe_shapes(student, [self.student_preacts])
         (teacher_shapes,) = probe_shapes(teacher, [self.teacher_preacts])
         self.connectors = nn.ModuleList(
