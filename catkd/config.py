@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "root": None,  # dataset folder; None: $CATKD_DATA or data/
         "classes": None,  # train on classes 0..n-1 only (Figure 4 right); None: all
         "fraction": 1.0,  # train on this fraction of each class (Figure 7 left)
-        "batch_size": 64,
+        "batch_size": 64,  # per step over all processes; torchrun's N processes get 1/N each
         "crop_padding": 4,  # random crop with this zero padding; 0: no crop
         "flip": True,  # random horizontal flips
     },

@@ -288,13 +288,19 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
 
 def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: int,
              sample_indices: bool = False):
+    """The training and test loaders of this process: ``data.batch_size`` is the batch of one
+    step over all processes (the recipe's), so each of the ``world_size`` gets its share."""
     spec, runtime = config["data"], config["runtime"]
+    if spec["batch_size"] % world_size:
+        raise ValueError(f"data.batch_size {spec['batch_size']} is the batch of one step over all "
+                         f"{world_size} processes: make it a multiple of {world_size}")
+    batch_size = spec["batch_size"] // world_size
     if spec["dataset"] == "imagenet":
-        return tuple(data.imagenet_loader(split, spec["batch_size"], spec["root"],
+        return tuple(data.imagenet_loader(split, batch_size, spec["root"],
                                           runtime["workers"], rank, world_size, config["seed"],
                                           sample_indices and split == "train")
                      for split in ("train", "test"))
-    common = dict(batch_size=spec["batch_size"], device=device, seed=config["seed"],
+    common = dict(batch_size=batch_size, device=device, seed=config["seed"],
                   rank=rank, world_size=world_size, channels_last=runtime["channels_last"])
     train_loader = data.BatchLoader(train_set, train=True, crop_padding=spec["crop_padding"],
                                     flip=spec["flip"], sample_indices=sample_indices, **common)

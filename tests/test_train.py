@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from catkd import data, methods, models, train
+from catkd import config, data, methods, models, train
 
 TINY = ["data.dataset=digits", "data.batch_size=32", "data.crop_padding=1", "student=resnet8",
         "optim.epochs=2", "optim.milestones=[1]", "runtime.device=cpu"]
@@ -148,10 +148,20 @@ def test_ddp_under_torchrun_on_cpu(tmp_path):
     assert measured["top1"] == pytest.approx(run.summary["last_acc"])
     # Each rank applied both ranks' memory updates: the memory entries moved (unit vectors,
     # where the initial ones are not) cover at least one whole epoch of both ranks' batches
-    # (2 x 22 x 32 of the 1437 images), not rank 0's half alone.
+    # (2 ranks x 44 steps x 16 images of the 1437), not rank 0's half alone.
     memory = torch.load(run.path / "last.pt", weights_only=True)["extras"]["student_memory"]
     moved = (memory.norm(dim=1) - 1).abs() < 1e-4
-    assert int(moved.sum()) >= 2 * 22 * 32
+    assert int(moved.sum()) >= 2 * 44 * 16
+
+
+def test_the_batch_size_is_split_among_ddp_processes():
+    resolved = config.resolve(None, ["data.dataset=digits", "data.batch_size=32"])
+    train_set, test_set = data.load("digits", "train"), data.load("digits", "test")
+    loader, _ = train._loaders(resolved, train_set, test_set, "cpu", rank=1, world_size=2)
+    images, _ = next(iter(loader))
+    assert len(images) == 16 and len(loader) == 1437 // 32  # the recipe's steps per epoch
+    with pytest.raises(ValueError, match="make it a multiple of 3"):
+        train._loaders(resolved, train_set, test_set, "cpu", rank=0, world_size=3)
 
 
 def test_probe_trains_a_linear_head(tmp_path):
