@@ -131,10 +131,14 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
           step_methods: Sequence[str] = STEP_METHODS, epoch_images: int = 0,
           out: str | None = None) -> dict:
     """Measure and print the side-by-side table; write it as JSON to ``out`` if given."""
+    # Checked before minutes of timing, not after.
     unknown = sorted(set(step_methods) - set(methods.names()))
-    if unknown:  # before minutes of timing, not after
+    if unknown:
         raise ValueError(f"unknown step methods {unknown}; valid names: "
                          f"{', '.join(methods.names())}")
+    if epoch_images and epoch_images < batch_size:
+        raise ValueError(f"epoch_images must be 0 (no epoch timed) or at least one batch "
+                         f"({batch_size}), got {epoch_images}")
     device = _device(device)
     bf16 = bf16_supported(device)
     dataset = cifar_shaped(batch_size * (warmup + steps + 1))  # every call draws fresh batches

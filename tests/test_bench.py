@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from catkd import bench
 
 
@@ -53,3 +55,10 @@ def test_the_authors_pipeline_transforms_like_torchvision():
     image, label = bench._PILDataset(dataset)[0]
     assert image.shape == (3, 32, 32) and image.dtype.is_floating_point
     assert label == int(dataset.labels[0])
+
+
+def test_bad_arguments_are_refused_before_any_timing():
+    with pytest.raises(ValueError, match="unknown step methods \\['nope'\\]; valid names: at, cat"):
+        bench.bench(step_methods=["kd", "nope"], device="cpu")
+    with pytest.raises(ValueError, match="at least one batch \\(64\\), got 10"):
+        bench.bench(epoch_images=10, device="cpu")
