@@ -54,6 +54,12 @@ class Experiment:
     overrides: tuple[str, ...]
     config: dict = field(compare=False, hash=False, repr=False)  # resolved
 
+    @classmethod
+    def of(cls, config_file: str | os.PathLike, overrides: Iterable[str] = ()) -> Experiment:
+        """The run of ``config_file`` with ``overrides``; a bad key or value fails here."""
+        overrides = tuple(overrides)
+        return cls(Path(config_file), overrides, configs.resolve(config_file, overrides))
+
     @property
     def path(self) -> Path:
         """The run folder ``catkd.train.fit`` uses for it."""
@@ -126,8 +132,7 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
                 # The grid is the sweep's subject: it wins over the caller's overrides.
                 run_overrides = (*spec.get("overrides", []), *overrides, *combination,
                                  f"seed={seed}")
-                experiment = Experiment(config_file, tuple(run_overrides),
-                                        configs.resolve(config_file, run_overrides))
+                experiment = Experiment.of(config_file, run_overrides)
                 if experiment.path not in {known.path for known in experiments}:
                     experiments.append(experiment)
     if spec.get("probe") and spec.get("top5"):
