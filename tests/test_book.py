@@ -9,7 +9,9 @@ would, loads every page listed in ``_toc.yml``:
 * the page shows its chapter's title (the first heading of its notebook or Markdown file);
 * no Python traceback or docutils error block made it into the page;
 * the page holds at least as many images that the browser decoded (width and height > 0) as
-  the executed notebook has ``image/png`` outputs: the matplotlib figures are all there.
+  the executed notebook has ``image/png`` outputs: the matplotlib figures are all there;
+* a page whose text has formulas shows them typeset by MathJax, which the book carries, since
+  Chromium runs without a network here.
 
 A screenshot of the first page is kept as a build artefact, ``book/_build/screenshot.png``
 (git-ignored), and must be a real picture: a PNG of the window's size, over 10 kB, not one
@@ -91,18 +93,27 @@ def chromium(tmp_path: Path, *arguments) -> str:
                 "--virtual-time-budget=10000", *arguments], timeout=120).stdout
 
 
-# Loads a page in a frame and, once it has loaded (images included), writes the page's DOM and
-# the decoded size of each of its images into this page, which --dump-dom then prints. Reading
+# Loads a page in a frame and, once it has loaded (images included) and MathJax has typeset it,
+# writes the page's DOM and the decoded size of each of its images into this page, which
+# --dump-dom then prints. Reading
 # the frame needs --allow-file-access-from-files (file:// pages are otherwise cross-origin).
 PROBE = """<!DOCTYPE html><html><body>
 <pre id="sizes"></pre><pre id="dom"></pre>
 <iframe id="page" src="{url}" width="{width}" height="{height}"></iframe>
 <script>
 document.getElementById("page").onload = function () {{
-  var page = this.contentDocument;
-  document.getElementById("sizes").textContent = Array.from(
-      page.images, function (image) {{ return image.naturalWidth + "x" + image.naturalHeight; }}).join(" ");
-  document.getElementById("dom").textContent = page.documentElement.outerHTML;
+  var page = this.contentDocument, mathjax = this.contentWindow.MathJax;
+  var record = function () {{
+    document.getElementById("sizes").textContent = Array.from(
+        page.images, function (image) {{ return image.naturalWidth + "x" + image.naturalHeight; }}).join(" ");
+    document.getElementById("dom").textContent = page.documentElement.outerHTML;
+  }};
+  // MathJax typesets after the load event: wait for it where the page has it.
+  if (mathjax && mathjax.startup && mathjax.startup.promise) {{
+    mathjax.startup.promise.then(record, record);
+  }} else {{
+    record();
+  }}
 }};
 </script></body></html>
 """
@@ -119,9 +130,10 @@ def rendered(tmp_path: Path, page: Path) -> tuple[str, list[str]]:
     return found["dom"], found["sizes"].split()
 
 
-def source_of(book: Path, name: str) -> tuple[str, int, int]:
+def source_of(book: Path, name: str) -> tuple[str, int, int, bool]:
     """The title of a toc entry (its first heading), its number of image/png outputs and of
-    Markdown outputs holding a table (the report tables a cell displays)."""
+    Markdown outputs holding a table (the report tables a cell displays), and whether its text
+    has math ($...$)."""
     notebook = book / f"{name}.ipynb"
     if notebook.exists():
         cells = json.loads(notebook.read_text())["cells"]
@@ -131,15 +143,19 @@ def source_of(book: Path, name: str) -> tuple[str, int, int]:
         tables = sum("|---" in "".join(data.get("text/markdown", "")) for data in outputs)
     else:
         text, images, tables = (book / f"{name}.md").read_text(), 0, 0
-    return re.search(r"^# (.+)$", text, re.M).group(1).strip(), images, tables
+    has_math = re.search(r"\$[^$\n]+\$", text) is not None
+    return re.search(r"^# (.+)$", text, re.M).group(1).strip(), images, tables, has_math
 
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_of_the_toc_renders_with_its_figures(book, name, tmp_path):
     page = book / "_build" / "html" / f"{name}.html"
     assert page.exists(), f"{name} is in _toc.yml but the build has no {page.name}"
-    title, images, tables = source_of(book, name)
+    title, images, tables, has_math = source_of(book, name)
     dom, sizes = rendered(tmp_path, page)
+    # The book carries MathJax (sphinx-mathjax-offline): formulas render without a network.
+    if has_math:
+        assert "<mjx-container" in dom, f"{name}: its formulas were not typeset"
     # A displayed Markdown table must render as a table, not as its pipes and dashes.
     assert dom.count("<table") >= tables, f"{name}: {tables} Markdown tables, rendered {dom.count('<table')}"
 
