@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from catkd import config, data, methods, models, train
-from catkd.methods.base import PooledRecorder, PreReLURecorder, StageRecorder
+from catkd import config, data, losses, methods, models, train
+from catkd.methods.base import PreReLURecorder, StageRecorder
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "imagenet"
 PAIRS = {"resnet34-resnet18": ("imagenet_resnet34", "imagenet_resnet18"),
@@ -120,7 +120,7 @@ def test_ofd_distils_the_deepest_stages_it_is_told():
     # Margins from the BatchNorm that ends each kept teacher stage, before the residual sum.
     for margin, norm in zip(method.margins(), ("layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3")):
         bn = teacher.get_submodule(norm)
-        assert margin.shape == bn.weight.shape
+        assert torch.equal(margin, losses.ofd_margins(bn.weight, bn.bias))
     all_stages = methods.create("ofd", models.create("imagenet_mobilenet_v1", num_classes=10),
                                 teacher)
     assert len(all_stages.connectors) == 4
