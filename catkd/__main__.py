@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EPILOG = """\
@@ -86,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     bench.add_argument("--workers", type=int, default=2,
                        help="DataLoader workers of the authors' way")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    bench.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                       help="torch.compile the fast path, in torch's default mode or MODE "
+                            "(reduce-overhead: with CUDA graphs on a GPU)")
     bench.add_argument("--step-methods", nargs="+", metavar="METHOD",
                        help="the methods whose fast-path step is timed (default: all ten)")
     bench.add_argument("--epoch-images", type=int, default=0, metavar="N",
@@ -151,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(text)
                 print(f"written: {csv_path}, {markdown_path}\n")
             return 0
-        if args.command == "train":
-            run = train.fit(args.config, args.overrides)
+        if args.command == "train":  # fit prints the result and the run folder
+            train.fit(args.config, args.overrides)
         elif args.command == "teacher":
-            run = train.fit(args.config, [*args.overrides, "method=ce", "teacher.model=null",
-                                          f"student={args.model}"])
+            train.fit(args.config, [*args.overrides, "method=ce", "teacher.model=null",
+                                    f"student={args.model}"])
         else:
             recipe = {"epochs": args.epochs} if args.epochs else None
             summary = probe.probe(args.run, args.dataset, args.root, device=args.device,
@@ -167,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        print(f"best {run.summary['best_acc']:.2f}%, last {run.summary['last_acc']:.2f}%")
-        print(f"run folder: {run.path}")
     return 0
 
 

@@ -6,8 +6,10 @@ Two ways of feeding and running the same distillation step (``catkd.train``'s ow
   transforms (random crop with padding 4, flip, to-tensor, normalise) in a DataLoader with
   workers; float32, eager, the default memory format.
 * ``fast``: catkd's path: uint8 images held on the device with crop, flip and normalisation done
-  per batch there (``catkd.data.BatchLoader``), channels_last, bf16 autocast where the device
-  supports it natively, and optionally torch.compile.
+  per batch there (``catkd.data.BatchLoader``), the precision and memory format that
+  ``runtime.bf16=auto`` and ``runtime.channels_last=auto`` choose for the device
+  (``catkd.device``), and optionally torch.compile (``compile``: true, or a torch.compile mode
+  such as "reduce-overhead", which adds CUDA graphs on a GPU).
 
 Each contestant runs ``warmup`` steps, then ``rounds`` rounds of ``steps`` steps of batch 64 on
 32x32 CIFAR-shaped data (random pixels: throughput does not depend on what they show), the
@@ -19,6 +21,11 @@ fast path, so that the cost of the CAT term can be read off beside the others', 
 method's extra trainable parameters (connectors, embeddings) are counted. Everything runs in
 one process: compare the ratios, which a shared machine disturbs much less than the absolute
 numbers.
+
+Each step's floating-point operations (forward and backward, counted once with torch's
+``FlopCounterMode``) give its achieved GFLOP/s, printed beside the peak measured on the same
+device: a large matrix product in the fast path's precision. Their quotient is how close the
+step comes to what the device can do.
 
 With ``epoch_images`` the fast path also trains one whole epoch of that many images (50000 is
 CIFAR-100's training set) and evaluates on a fifth as many, as ``catkd.train.fit`` does each
@@ -39,8 +46,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from torch.utils.flop_counter import FlopCounterMode
+
 from catkd import data, methods, models
-from catkd.train import bf16_supported, device_name, evaluate, train_epoch
+from catkd import device as devices
+from catkd.train import compiled, evaluate, train_epoch
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 PAPER_EPOCHS = 240
@@ -90,12 +100,14 @@ def _method(name: str, student: str, teacher: str, device: torch.device,
 
 
 def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
-           channels_last: bool, compile_step: bool) -> Callable[[int], float]:
+           channels_last: bool, compile_step: bool | str) -> Callable[[int], float]:
     """A function that trains ``method`` for n batches of ``loader`` and returns the seconds."""
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                                 momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10**9])
-    step = torch.compile(method) if compile_step else method
+    step = compiled(method, compile_step)
+    # For every contestant, as the engine (catkd.train) and the authors' code set it.
+    torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.preserve_format
 
     def run(num_steps: int) -> float:
@@ -104,7 +116,7 @@ def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         train_epoch(step, method, batches, optimizer, schedule, 0, device, bf16, memory_format,
-                    "step", desc="bench")
+                    "step")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started
@@ -125,9 +137,40 @@ def _interleaved(timers: dict[str, Callable[[int], float]], warmup: int, steps: 
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def _step_flops(method: methods.Method, loader, device: torch.device, bf16: bool) -> int:
+    """Floating-point operations of one training step (forward and backward) of ``method``."""
+    images, labels, *indices = next(iter(loader))
+    indices = [index.to(device) for index in indices]
+    method.train()
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, losses = method(images.to(device), labels.to(device), 0, *indices)
+        sum(losses.values()).backward()
+    method.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def peak_gflops(device: torch.device, bf16: bool, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` large square matrix products on ``device``, in bf16
+    or float32: the arithmetic the device can reach, for comparison with a step's."""
+    size = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    left, right = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first product warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        left @ right
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
 def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "resnet32x4",
           device: str = "auto", steps: int = 20, warmup: int = 5, rounds: int = 3,
-          batch_size: int = 64, workers: int = 2, compile_step: bool = False,
+          batch_size: int = 64, workers: int = 2, compile_step: bool | str = False,
           step_methods: Sequence[str] = STEP_METHODS, epoch_images: int = 0,
           out: str | None = None) -> dict:
     """Measure and print the side-by-side table; write it as JSON to ``out`` if given."""
@@ -139,17 +182,21 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
     if epoch_images and epoch_images < batch_size:
         raise ValueError(f"epoch_images must be 0 (no epoch timed) or at least one batch "
                          f"({batch_size}), got {epoch_images}")
-    device = _device(device)
-    bf16 = bf16_supported(device)
+    device = devices.resolve(device)
+    path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
+    bf16, channels_last = path["bf16"], path["channels_last"]
+    print(f"fast path on {device}: bf16={bf16}, channels_last={channels_last}, because "
+          f"{devices.describe(device)}", flush=True)
     dataset = cifar_shaped(batch_size * (warmup + steps + 1))  # every call draws fresh batches
     authors_loader = torch.utils.data.DataLoader(
         _PILDataset(dataset), batch_size=batch_size, shuffle=True, num_workers=workers,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     fast_loader = data.BatchLoader(dataset, batch_size, train=True, device=device,
-                                   channels_last=True)
+                                   channels_last=channels_last)
     results = {
-        "device": str(device), "device_name": device_name(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": bf16,
+        "device": str(device), "device_name": devices.name(device),
+        "path": devices.describe(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "bf16": bf16, "channels_last": channels_last,
         "compile": compile_step, "method": method, "student": student, "teacher": teacher,
         "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
         "workers": workers,
@@ -157,13 +204,16 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
     per_step = _interleaved({
         "authors": _timer(_method(method, student, teacher, device, False, dataset),
                           authors_loader, device, False, False, False),
-        "fast": _timer(_method(method, student, teacher, device, True, dataset),
-                       fast_loader, device, bf16, True, compile_step),
+        "fast": _timer(_method(method, student, teacher, device, channels_last, dataset),
+                       fast_loader, device, bf16, channels_last, compile_step),
     }, warmup, steps, rounds)
     results["images_per_second"] = {way: batch_size / seconds for way, seconds in per_step.items()}
     results["speedup"] = per_step["authors"] / per_step["fast"]
     results.update(step_times(step_methods, student, teacher, device, steps, warmup, rounds,
                               batch_size, compile_step=compile_step, dataset=dataset))
+    results["peak_gflops"] = peak_gflops(device, bf16)
+    results["fraction_of_peak"] = {name: gflops / results["peak_gflops"]
+                                   for name, gflops in results["step_gflops"].items()}
     if {"catkd", "kd"} <= set(step_methods):
         results["catkd_over_kd"] = results["step_ms"]["catkd"] / results["step_ms"]["kd"]
     if epoch_images:
@@ -183,65 +233,70 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
 def step_times(names: Sequence[str], student: str, teacher: str, device: str | torch.device,
                steps: int = 20, warmup: int = 5, rounds: int = 3, batch_size: int = 64,
                num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
-               compile_step: bool = False, dataset: data.ImageDataset | None = None,
+               compile_step: bool | str = False, dataset: data.ImageDataset | None = None,
                settings: dict[str, dict] | None = None) -> dict:
-    """The fast path's median step time ("step_ms", {method: ms}) and extra trainable parameters
-    ("extra_parameters", {method: count}) of each method in ``names``, timed in interleaved
-    rounds on random images of the given shape (or ``dataset``'s). ``settings`` gives a method
-    other settings than its defaults, e.g. a run's ``config["loss"]``."""
-    device = _device(device)
+    """The fast path's median step time ("step_ms", {method: ms}), its achieved arithmetic
+    ("step_gflops", {method: GFLOP/s}) and extra trainable parameters ("extra_parameters",
+    {method: count}) of each method in ``names``, timed in interleaved rounds on random images
+    of the given shape (or ``dataset``'s). ``settings`` gives a method other settings than its
+    defaults, e.g. a run's ``config["loss"]``."""
+    device = devices.resolve(device)
+    path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
+    bf16, channels_last = path["bf16"], path["channels_last"]
     if dataset is None:
         dataset = cifar_shaped(batch_size * (warmup + steps + 1), num_classes,
                                in_channels=in_channels, image_size=image_size)
     loaders = {indices: data.BatchLoader(dataset, batch_size, train=True, device=device,
-                                         channels_last=True, sample_indices=indices)
+                                         channels_last=channels_last, sample_indices=indices)
                for indices in (False, True)}
-    step_methods = {name: _method(name, student, teacher, device, True, dataset,
+    step_methods = {name: _method(name, student, teacher, device, channels_last, dataset,
                                   (settings or {}).get(name, {}))
                     for name in names}
+    flops = {name: _step_flops(step_method, loaders[step_method.needs_sample_indices], device,
+                               bf16)
+             for name, step_method in step_methods.items()}
     step_seconds = _interleaved({
-        name: _timer(step_method, loaders[step_method.needs_sample_indices], device,
-                     bf16_supported(device), True, compile_step)
+        name: _timer(step_method, loaders[step_method.needs_sample_indices], device, bf16,
+                     channels_last, compile_step)
         for name, step_method in step_methods.items()
     }, warmup, steps, rounds)
     return {"step_ms": {name: 1000 * seconds for name, seconds in step_seconds.items()},
+            "step_gflops": {name: flops[name] / seconds / 1e9
+                            for name, seconds in step_seconds.items()},
             "extra_parameters": {name: step_method.extra_parameter_count()
                                  for name, step_method in step_methods.items()}}
 
 
 def epoch_time(method: str, student: str, teacher: str, device: str | torch.device,
                train_images: int = 50000, batch_size: int = 64, warmup: int = 5,
-               compile_step: bool = False) -> dict:
+               compile_step: bool | str = False) -> dict:
     """Seconds of one training epoch of ``train_images`` random CIFAR-shaped images plus an
     evaluation of ``train_images // 5``, on the fast path with ``catkd.train``'s own epoch and
     evaluation functions (after ``warmup`` untimed steps, which also hold any compilation), and
     the paper's 240-epoch run projected from them."""
-    device = _device(device)
-    bf16 = bf16_supported(device)
+    device = devices.resolve(device)
+    path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
+    bf16, channels_last = path["bf16"], path["channels_last"]
     train_set = cifar_shaped(train_images, seed=1)
     test_set = cifar_shaped(train_images // 5, seed=2)
-    epoch_method = _method(method, student, teacher, device, True, train_set)
+    epoch_method = _method(method, student, teacher, device, channels_last, train_set)
     train_loader = data.BatchLoader(train_set, batch_size, train=True, device=device,
-                                    channels_last=True,
+                                    channels_last=channels_last,
                                     sample_indices=epoch_method.needs_sample_indices)
-    run = _timer(epoch_method, train_loader, device, bf16, True, compile_step)
+    run = _timer(epoch_method, train_loader, device, bf16, channels_last, compile_step)
     run(warmup)
     train_seconds = run(len(train_loader))
     test_loader = data.BatchLoader(test_set, batch_size, train=False, device=device,
-                                   channels_last=True)
+                                   channels_last=channels_last)
     started = time.perf_counter()
     evaluate(epoch_method.student, test_loader, test_set.num_classes, device, bf16)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     test_seconds = time.perf_counter() - started
     seconds = train_seconds + test_seconds
     return {"train_images": len(train_set), "test_images": len(test_set),
             "train_seconds": train_seconds, "test_seconds": test_seconds, "seconds": seconds,
             "projected_minutes": PAPER_EPOCHS * seconds / 60}
-
-
-def _device(name: str | torch.device) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _table(results: dict) -> str:
@@ -253,11 +308,14 @@ def _table(results: dict) -> str:
         f"{results['device']} ({results['device_name']}, {results['threads']} threads)",
         f"  authors' way (PIL + DataLoader, {results['workers']} workers, float32): "
         f"{rate['authors']:8.1f} images/s",
-        f"  catkd fast path (tensors on device, channels_last, bf16={results['bf16']}, "
-        f"compile={results['compile']}): {rate['fast']:8.1f} images/s",
+        f"  catkd fast path (tensors on device, channels_last={results['channels_last']}, "
+        f"bf16={results['bf16']}, compile={results['compile']}): {rate['fast']:8.1f} images/s",
         f"  speed-up: {results['speedup']:.2f}x",
-        "  fast-path step time (extra trainable parameters):",
-        *(f"    {name:<9} {ms:8.1f} ms  ({results['extra_parameters'][name]:,})"
+        f"  peak: {results['peak_gflops']:.0f} GFLOP/s (a large matrix product in "
+        f"{'bf16' if results['bf16'] else 'float32'})",
+        "  fast-path step time, achieved GFLOP/s (fraction of peak), extra trainable parameters:",
+        *(f"    {name:<9} {ms:8.1f} ms  {results['step_gflops'][name]:8.1f} GFLOP/s "
+          f"({results['fraction_of_peak'][name]:6.1%})  {results['extra_parameters'][name]:,}"
           for name, ms in results["step_ms"].items()),
         *([f"  catkd step / kd step: {results['catkd_over_kd']:.3f}"]
           if "catkd_over_kd" in results else []),

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from catkd import data, methods, models
+from catkd import data, device, methods, models
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # run folder name under `out`; None: made from the method, models and a hash
@@ -54,19 +54,23 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "runtime": {
         "device": "auto",  # auto (cuda when available), cpu, cuda, cuda:1, ...
-        "bf16": False,  # bf16 autocast (fast on GPUs and on CPUs with AMX / AVX512-BF16)
-        "channels_last": False,
-        "compile": False,  # torch.compile the training step's modules
+        # auto: on where the device runs it natively and fast (catkd.device); true forces it
+        "bf16": "auto",  # bf16 autocast: native on GPUs from Ampere on, CPUs with AMX/AVX512-BF16
+        "channels_last": "auto",
+        "compile": False,  # torch.compile the step: false, true or a mode (reduce-overhead: +CUDA graphs)
         "deterministic": False,  # deterministic algorithms (slower on GPU)
         "workers": 8,  # DataLoader workers for folder datasets (ImageNet)
     },
 }
 
 # Keys that change where and how fast a run executes, not what it computes: left out of the
-# run's identity. runtime.bf16 stays in: bf16 arithmetic gives different numbers.
+# run's identity. runtime.bf16 stays in, as the precision it resolves to on this machine: bf16
+# arithmetic gives different numbers, so an fp32 run is never taken for a bf16 one.
 EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "runtime.compile",
                   "runtime.deterministic", "runtime.workers")
 SCHEDULES = ("step", "onecycle")
+COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
 
 
 def _closest(key: str, valid: Iterable[str]) -> str:
@@ -142,7 +146,8 @@ def _deep_update(base: dict, changes: dict) -> dict:
 
 def resolve(config: dict | str | PathLike | None = None,
             overrides: Iterable[str] | dict = ()) -> dict:
-    """The full, checked config: ``DEFAULTS`` <- ``config`` (a dict or a YAML path) <- overrides."""
+    """The full, checked config: ``DEFAULTS`` <- ``config`` (a dict or a YAML path) <- overrides,
+    with ``runtime.bf16`` and ``runtime.channels_last`` decided for this machine's device."""
     if config is None:
         config = {}
     elif not isinstance(config, dict):
@@ -151,6 +156,7 @@ def resolve(config: dict | str | PathLike | None = None,
         overrides = parse_overrides(overrides)
     resolved = _merge(_merge(DEFAULTS, config), overrides)
     _check(resolved)
+    resolved["runtime"] = device.settle(resolved["runtime"])
     return resolved
 
 
@@ -178,6 +184,10 @@ def _check(config: dict) -> None:
     if config["optim"]["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {config['optim']['schedule']!r}; valid: "
                          f"{', '.join(SCHEDULES)}")
+    if config["runtime"]["compile"] not in COMPILE_MODES:
+        raise ValueError(f"runtime.compile must be one of "
+                         f"{', '.join(str(mode).lower() for mode in COMPILE_MODES)}, "
+                         f"got {config['runtime']['compile']!r}")
     fraction = config["data"]["fraction"]
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"data.fraction must be in (0, 1], got {fraction!r}")

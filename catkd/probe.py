@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd import data
-from catkd.train import Run, atomic_save, progress
+from catkd.progress import bar
+from catkd.train import Run, atomic_save
 
 RECIPE = {"epochs": 40, "batch_size": 128, "lr": 0.1, "milestones": [10, 20, 30], "gamma": 0.1,
           "momentum": 0.9, "weight_decay": 0.0}
@@ -31,7 +32,7 @@ def pooled_features(backbone: nn.Module, dataset: data.ImageDataset, image_size:
     backbone.eval()
     loader = data.BatchLoader(dataset, batch_size=batch_size, train=False, device=device)
     features = []
-    for images, _ in progress(loader, desc=f"features of {dataset.name}"):
+    for images, _ in bar(loader, f"features of {dataset.name}"):
         if images.shape[-1] != image_size or images.shape[-2] != image_size:
             images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
                                    align_corners=False)

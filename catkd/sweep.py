@@ -70,8 +70,8 @@ class Experiment:
         return shlex.join(["python", "-m", "catkd", "train", "--config", str(self.config_file),
                            *self.overrides])
 
-    def fit(self, quiet: bool = False) -> train.Run:
-        return train.fit(self.config_file, self.overrides, quiet=quiet)
+    def fit(self, quiet: bool = False, title: str | None = None) -> train.Run:
+        return train.fit(self.config_file, self.overrides, quiet=quiet, title=title)
 
 
 @dataclass
@@ -153,10 +153,9 @@ def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[tra
         return [_fit_and_probe(sweep, sweep.experiments[index], quiet)]
     runs, failures = [], []
     for number, experiment in enumerate(sweep.experiments):
-        if not quiet:
-            print(f"[{number + 1}/{len(sweep.experiments)}] {experiment.path}", flush=True)
         try:
-            runs.append(_fit_and_probe(sweep, experiment, quiet))
+            runs.append(_fit_and_probe(sweep, experiment, quiet,
+                                       f"run {number + 1} of {len(sweep.experiments)}"))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             failures.append(f"{experiment.path}: {error}")
             if not quiet:
@@ -167,10 +166,11 @@ def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[tra
     return runs
 
 
-def _fit_and_probe(sweep: Sweep, experiment: Experiment, quiet: bool) -> train.Run:
+def _fit_and_probe(sweep: Sweep, experiment: Experiment, quiet: bool,
+                   title: str | None = None) -> train.Run:
     """Train (or find) the run, then its linear probes if the sweep asks for them (cached in
     the run folder like the run itself)."""
-    run = experiment.fit(quiet)
+    run = experiment.fit(quiet, title)
     for dataset in sweep.probe:
         probe.probe(run, dataset, device=run.config["runtime"]["device"])
     return run

@@ -28,9 +28,10 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,9 +39,10 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 import yaml
-from tqdm import tqdm
 
 from catkd import __version__, config as configs, data, methods, models
+from catkd import device as devices
+from catkd.progress import RunProgress
 
 SUMMARY = "summary.json"
 LAST = "last.pt"
@@ -88,11 +90,13 @@ def _distributed() -> tuple[int, int]:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """The device of this process: under DDP its rank's GPU; "cuda" alone is the current one
+    (torch.cuda.set_device refuses a CUDA device without an index)."""
+    device = devices.resolve(name)
     if device.type == "cuda" and dist.is_initialized():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -102,10 +106,12 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # cuDNN's benchmark mode times the convolution algorithms once per shape and keeps the
+    # fastest: the batches of a run have one shape, so it pays, but its choice may vary.
+    torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def _rng_state() -> dict:
@@ -140,30 +146,15 @@ def _read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _environment(device: torch.device, world_size: int) -> dict:
+def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
     return {
         "catkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "platform": platform.platform(),
-        "device": str(device), "device_name": device_name(device),
+        "device": str(device), "device_name": devices.name(device),
+        "device_precision": devices.describe(device),
+        "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
         "world_size": world_size, "threads": torch.get_num_threads(),
     }
-
-
-def progress(iterable, **kwargs) -> Iterator:
-    # disable=None: bars only on a terminal, so logs and papermill stay quiet.
-    return tqdm(iterable, disable=None, leave=False, dynamic_ncols=True, **kwargs)
 
 
 # --------------------------------------------------------------------------- data and models
@@ -209,7 +200,11 @@ def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> n
     if spec["checkpoint"]:
         teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
         return models.load_checkpoint(teacher, spec["checkpoint"])
-    return fit(teacher_config(config), quiet=quiet).model()
+    teacher_run = teacher_config(config)
+    path = Path(teacher_run["out"]) / configs.run_name(teacher_run)
+    if not quiet and not (path / SUMMARY).is_file():
+        print(f"training the teacher {spec['model']} first: run folder {path}", flush=True)
+    return fit(teacher_run, quiet=quiet).model()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -241,12 +236,13 @@ def _share_rank_0_buffers(module: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (a GPU from Ampere on; a CPU with
-    AVX512-BF16 or AMX), where bf16 autocast speeds training up rather than down."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def compiled(step: nn.Module, mode: bool | str) -> nn.Module:
+    """``step`` through torch.compile: ``mode`` false (not compiled), true (torch's default
+    mode) or a torch.compile mode, e.g. "reduce-overhead" (CUDA graphs on a GPU, which take the
+    per-kernel launch cost off small batches)."""
+    if mode is False:
+        return step
+    return torch.compile(step, mode=None if mode is True else mode)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -309,10 +305,10 @@ def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: i
 
 
 @torch.enable_grad()  # fit may be called under no_grad (a notebook cell, an evaluation helper)
-def train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, schedule,
+def train_epoch(step: nn.Module, method: methods.Method, batches: Iterable, optimizer, schedule,
                  epoch: int, device: torch.device, bf16: bool,
-                 memory_format: torch.memory_format, schedule_kind: str, desc: str) -> dict:
-    """One pass over ``loader``; returns each loss term's mean ("loss_<term>"), their sum
+                 memory_format: torch.memory_format, schedule_kind: str) -> dict:
+    """One pass over ``batches`` (a loader's, or any iterable of them); returns each loss term's mean ("loss_<term>"), their sum
     ("loss") and the training accuracy, averaged over every rank's samples.
 
     A batch is ``(images, labels)``, or ``(images, labels, indices)`` from a loader made with
@@ -322,7 +318,7 @@ def train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, sche
     totals: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = 0
-    for images, labels, *indices in progress(loader, desc=desc):
+    for images, labels, *indices in batches:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         indices = [index.to(device, non_blocking=True) for index in indices]
@@ -348,27 +344,31 @@ def train_epoch(step: nn.Module, method: methods.Method, loader, optimizer, sche
 
 
 def fit(config: dict | str | os.PathLike | None = None, overrides=(),
-        quiet: bool = False) -> Run:
+        quiet: bool = False, title: str | None = None) -> Run:
     """Train what ``config`` describes (a dict or YAML path, plus ``key=value`` overrides).
 
     Returns the finished ``Run``. A finished run with the same config is returned as it is; an
     unfinished one resumes from its last epoch. Processes that reach the same run together train
     it once: the others wait for it.
+
+    Progress (``catkd.progress``): a line per epoch on a terminal, one status line replaced in
+    place in a notebook, led by ``title`` (e.g. "run 3 of 12"); nothing if ``quiet``.
     """
     config = configs.resolve(config, overrides)
     rank, world_size = _distributed()
     path = Path(config["out"]) / configs.run_name(config)
 
-    def log(message: str) -> None:
-        if not quiet and rank == 0:
-            print(message, flush=True)
-
+    progress = RunProgress(path.name, config["optim"]["epochs"], not quiet and rank == 0, title)
     # Under DDP rank 0 claims the folder for the job; the barrier keeps the other ranks from
     # looking at it before rank 0 holds the claim.
-    with _claim(path, rank == 0, log):
+    with _claim(path, rank == 0, progress.say):
         if dist.is_initialized():
             dist.barrier()
-        return finished_run(path, config) or _train(config, path, rank, world_size, quiet, log)
+        run = finished_run(path, config) or _train(config, path, rank, world_size, quiet,
+                                                   progress)
+    progress.say(f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
+                 f"last {run.summary['last_acc']:.2f}%: {run.path}")
+    return run
 
 
 @contextlib.contextmanager
@@ -391,10 +391,15 @@ def _claim(path: Path, lock: bool, log) -> Iterator[None]:
         yield
 
 
-def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, log) -> Run:
+def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
+           progress: RunProgress) -> Run:
     """The training loop of ``fit``, for a run folder that holds no finished run."""
     runtime = config["runtime"]
     device = _device(runtime["device"])
+    if runtime["bf16"] and not devices.bf16_native(device):
+        warnings.warn(f"runtime.bf16=true on {devices.name(device)}, which has no native bf16: "
+                      f"emulated, about 10x slower than float32 (runtime.bf16=auto chooses)",
+                      stacklevel=3)
 
     if config["data"]["dataset"] == "imagenet":
         train_set, test_set, shape = None, None, (1000, 3)
@@ -423,8 +428,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, lo
         step = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             static_graph=True)
-    if runtime["compile"]:
-        step = torch.compile(step)
+    step = compiled(step, runtime["compile"])
 
     start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
     if (path / LAST).is_file():
@@ -436,25 +440,25 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, lo
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         seconds, evaluation = state["seconds"], state["evaluation"]
         _set_rng_state(state["rng"])
-        log(f"resuming {path} after epoch {start_epoch}")
+        progress.say(f"resuming {path} after epoch {start_epoch}")
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(configs.dump(config))
-        (path / "environment.json").write_text(json.dumps(_environment(device, world_size),
-                                                          indent=1))
+        (path / "environment.json").write_text(json.dumps(
+            _environment(device, world_size, runtime), indent=1))
         # Epochs after the last checkpoint were lost with the process that ran them.
         kept = [row for row in _read_metrics(path / "metrics.jsonl") if row["epoch"] <= start_epoch]
         (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
-    log(f"run folder: {path}")
+    progress.say(f"run folder: {path}")
 
     epochs = config["optim"]["epochs"]
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        averages = train_epoch(step, method, train_loader, optimizer, schedule, epoch, device,
-                                runtime["bf16"], memory_format, config["optim"]["schedule"],
-                                desc=f"epoch {epoch + 1}/{epochs}")
+        averages = train_epoch(step, method, progress.steps(train_loader, epoch), optimizer,
+                               schedule, epoch, device, runtime["bf16"], memory_format,
+                               config["optim"]["schedule"])
         _share_rank_0_buffers(student)
         evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
@@ -472,21 +476,21 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool, lo
                           "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch,
                           "seconds": seconds, "evaluation": evaluation, "rng": _rng_state()},
                          path / LAST)
-        log(f"epoch {epoch + 1}/{epochs}  loss {row['loss']:.4f}  train {row['train_acc']:.2f}%"
-            f"  test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
+        progress.epoch_done(epoch, f"loss {row['loss']:.4f}  train {row['train_acc']:.2f}%  "
+                                   f"test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
 
     summary = {"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": evaluation["top1"],
                "last_top5": evaluation["top5"], "epochs": epochs, "seconds": seconds,
                "per_class_acc": evaluation["per_class"],
                "num_classes": shape[0], "in_channels": shape[1],
                "image_size": test_set.image_size if test_set else 224,
+               "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "extra_parameters": method.extra_parameter_count()}
     if rank == 0:
         (path / SUMMARY).write_text(json.dumps(summary, indent=1))
     if dist.is_initialized():
         dist.barrier()
-    log(f"best {best_acc:.2f}% (epoch {best_epoch}), last {summary['last_acc']:.2f}%: {path}")
     return Run(path, config, summary)
 
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from catkd import bench
+import torch
+
+from catkd import bench, device
 
 
 def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
@@ -21,7 +23,14 @@ def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
     assert results["extra_parameters"]["fitnet"] > 0
     assert results["catkd_over_kd"] == results["step_ms"]["catkd"] / results["step_ms"]["kd"]
     assert results["peak_memory_mb"] > 0
+    # Arithmetic: every step did some, below the device's measured peak.
+    assert results["peak_gflops"] > 0
+    assert set(results["step_gflops"]) == set(results["fraction_of_peak"]) == set(bench.STEP_METHODS)
+    assert all(0 < fraction < 1 for fraction in results["fraction_of_peak"].values())
+    assert results["bf16"] is device.bf16_native(torch.device("cpu"))
     printed = capsys.readouterr().out
+    assert f"because {device.describe(torch.device('cpu'))}" in printed
+    assert "GFLOP/s" in printed and "peak:" in printed
     assert "authors' way" in printed and "catkd step / kd step" in printed
     assert "epoch" not in results and "240 epochs" not in printed
 

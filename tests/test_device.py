@@ -1,0 +1,69 @@
+"""Precision and memory format chosen for the device: ``auto`` resolves, the run identity holds
+the resolved precision, a forced bf16 without native support warns."""
+
+import json
+
+import pytest
+import torch
+
+from catkd import config, device, train
+from tests.test_train import tiny
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
+def native(request, monkeypatch):
+    """Pretend the CPU has (or lacks) native bf16."""
+    monkeypatch.setattr(device, "bf16_native", lambda _: request.param)
+    return request.param
+
+
+def test_auto_is_the_default_and_follows_the_device(native):
+    runtime = config.resolve(None, ["runtime.device=cpu"])["runtime"]
+    assert config.DEFAULTS["runtime"]["bf16"] == config.DEFAULTS["runtime"]["channels_last"] == "auto"
+    assert runtime["bf16"] is native
+    assert runtime["channels_last"] is True  # faster on every CPU path measured
+    forced = config.resolve(None, ["runtime.bf16=true", "runtime.channels_last=false"])["runtime"]
+    assert (forced["bf16"], forced["channels_last"]) == (True, False)
+
+
+def test_a_run_made_with_native_bf16_is_not_an_fp32_run(monkeypatch):
+    names = {}
+    for native in (True, False):
+        monkeypatch.setattr(device, "bf16_native", lambda _, native=native: native)
+        names[native] = config.run_name(config.resolve("configs/quick/catkd.yaml"))
+    assert names[True] != names[False]
+    # The folder's config records the resolved value, so it resolves to the same identity.
+    assert names[True] == config.run_name(config.resolve("configs/quick/catkd.yaml",
+                                                         ["runtime.bf16=true"]))
+
+
+def test_bad_runtime_values_are_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="runtime.bf16 must be true, false or auto, got 'maybe'"):
+        config.resolve(None, ["runtime.bf16=maybe"])
+    with pytest.raises(ValueError, match="runtime.compile must be one of false, true, "
+                                         "reduce-overhead"):
+        config.resolve(None, ["runtime.compile=fast"])
+    with pytest.raises(ValueError, match="runtime.device must be auto, cpu, cuda"):
+        device.resolve("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU here; use runtime.device=auto"):
+        config.resolve(None, ["runtime.device=cuda"])
+
+
+def test_the_resolved_precision_is_recorded_and_a_forced_emulation_warns(tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "bf16_native", lambda _: False)
+    with pytest.warns(UserWarning, match="no native bf16: emulated, about 10x slower"):
+        run = train.fit(None, tiny(tmp_path, "optim.epochs=1", "runtime.bf16=true"), quiet=True)
+    environment = json.loads((run.path / "environment.json").read_text())
+    assert environment["bf16"] is True and environment["channels_last"] is True
+    assert "no native bf16" in environment["device_precision"]
+    assert run.summary["bf16"] is True and run.summary["channels_last"] is True
+
+
+def test_describe_names_the_cpu_and_its_flags():
+    line = device.describe(torch.device("cpu"))
+    assert device.name(torch.device("cpu")) in line
+    assert "flags:" in line and line.endswith(("native bf16", "(float32 is faster)"))
