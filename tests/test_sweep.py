@@ -221,7 +221,7 @@ def test_report_skips_foreign_and_corrupt_folders_and_says_so(table):
 def test_sweep_run_goes_on_after_a_failure_and_reports_it(table, monkeypatch):
     calls = []
 
-    def fake_fit(experiment, quiet=False):
+    def fake_fit(experiment, quiet=False, title=None):
         calls.append(experiment.path)
         if len(calls) == 2:
             raise ValueError("broken folder")
