@@ -24,8 +24,9 @@ numbers.
 
 Each step's floating-point operations (forward and backward, counted once with torch's
 ``FlopCounterMode``) give its achieved GFLOP/s, printed beside the peak measured on the same
-device: a large matrix product in the fast path's precision. Their quotient is how close the
-step comes to what the device can do.
+device in the same interleaved rounds (so a busy spell lowers both alike): large square matrix
+products in the fast path's precision. Their quotient is how close the step comes to what the
+device can do.
 
 With ``epoch_images`` the fast path also trains one whole epoch of that many images (50000 is
 CIFAR-100's training set) and evaluates on a fifth as many, as ``catkd.train.fit`` does each
@@ -55,6 +56,7 @@ from catkd.train import compiled, evaluate, train_epoch
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 PAPER_EPOCHS = 240
 STEP_METHODS = ("ce", "kd", "dkd", "at", "catkd", "fitnet", "rkd", "ofd", "crd", "reviewkd")
+PEAK = "peak matrix product"  # a contestant of the step timing that is not a method
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -150,22 +152,25 @@ def _step_flops(method: methods.Method, loader, device: torch.device, bf16: bool
     return counter.get_total_flops()
 
 
-def peak_gflops(device: torch.device, bf16: bool, repeats: int = 5) -> float:
-    """GFLOP/s of the best of ``repeats`` large square matrix products on ``device``, in bf16
-    or float32: the arithmetic the device can reach, for comparison with a step's."""
+def _matmul_timer(device: torch.device, bf16: bool) -> tuple[Callable[[int], float], int]:
+    """A function that runs n large square matrix products (bf16 or float32) on ``device`` and
+    returns the seconds, and the floating-point operations of one product: the arithmetic the
+    device can reach, for comparison with a step's."""
     size = 8192 if device.type == "cuda" else 2048
     dtype = torch.bfloat16 if bf16 else torch.float32
     left, right = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first product warms up
+
+    def run(num_products: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        left @ right
+        for _ in range(num_products):
+            left @ right
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+        return time.perf_counter() - started
+
+    return run, 2 * size**3
 
 
 def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "resnet32x4",
@@ -211,7 +216,6 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
     results["speedup"] = per_step["authors"] / per_step["fast"]
     results.update(step_times(step_methods, student, teacher, device, steps, warmup, rounds,
                               batch_size, compile_step=compile_step, dataset=dataset))
-    results["peak_gflops"] = peak_gflops(device, bf16)
     results["fraction_of_peak"] = {name: gflops / results["peak_gflops"]
                                    for name, gflops in results["step_gflops"].items()}
     if {"catkd", "kd"} <= set(step_methods):
@@ -238,8 +242,9 @@ def step_times(names: Sequence[str], student: str, teacher: str, device: str | t
     """The fast path's median step time ("step_ms", {method: ms}), its achieved arithmetic
     ("step_gflops", {method: GFLOP/s}) and extra trainable parameters ("extra_parameters",
     {method: count}) of each method in ``names``, timed in interleaved rounds on random images
-    of the given shape (or ``dataset``'s). ``settings`` gives a method other settings than its
-    defaults, e.g. a run's ``config["loss"]``."""
+    of the given shape (or ``dataset``'s), with the device's peak ("peak_gflops") measured in
+    the same rounds. ``settings`` gives a method other settings than its defaults, e.g. a run's
+    ``config["loss"]``."""
     device = devices.resolve(device)
     path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
     bf16, channels_last = path["bf16"], path["channels_last"]
@@ -255,12 +260,16 @@ def step_times(names: Sequence[str], student: str, teacher: str, device: str | t
     flops = {name: _step_flops(step_method, loaders[step_method.needs_sample_indices], device,
                                bf16)
              for name, step_method in step_methods.items()}
+    matmuls, matmul_flops = _matmul_timer(device, bf16)
     step_seconds = _interleaved({
-        name: _timer(step_method, loaders[step_method.needs_sample_indices], device, bf16,
-                     channels_last, compile_step)
-        for name, step_method in step_methods.items()
+        **{name: _timer(step_method, loaders[step_method.needs_sample_indices], device, bf16,
+                        channels_last, compile_step)
+           for name, step_method in step_methods.items()},
+        PEAK: matmuls,
     }, warmup, steps, rounds)
-    return {"step_ms": {name: 1000 * seconds for name, seconds in step_seconds.items()},
+    peak_seconds = step_seconds.pop(PEAK)
+    return {"peak_gflops": matmul_flops / peak_seconds / 1e9,
+            "step_ms": {name: 1000 * seconds for name, seconds in step_seconds.items()},
             "step_gflops": {name: flops[name] / seconds / 1e9
                             for name, seconds in step_seconds.items()},
             "extra_parameters": {name: step_method.extra_parameter_count()
