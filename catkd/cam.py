@@ -8,9 +8,12 @@ so turning the Linear into a 1x1 convolution and moving the GAP after it (Eq. 4)
 activation maps of every class during the ordinary forward pass, without changing the logits.
 
 The FC bias: a CAM here is Eq. 2, the 1x1 convolution *without* the bias, as in the paper and
-the authors' code, and the converted model adds the bias after pooling, so
-``logits == cams.mean((2, 3)) + bias`` exactly as the original model computed them. The bias
-is constant over space, so leaving it out changes no CAM's shape, only its mean.
+the authors' code. The bias is constant over space, so leaving it out changes no CAM's shape,
+only its mean. The converted model adds the bias after pooling, so that
+``logits == cams.mean((2, 3)) + bias`` as the original model computed them: conversion changes
+no model. That is catkd's choice, not the authors' training setup: their CAT and CAT-KD
+students have no bias at all (logits = GAP(CAM)), which ``catkd.methods.cat`` reproduces by
+zeroing and freezing the student's bias.
 
 ``convert`` accepts three kinds of model:
 

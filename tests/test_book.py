@@ -66,8 +66,9 @@ def book(tmp_path_factory) -> Path:
     """The smoke-profile book, built as `make book BOOK_PROFILE=smoke` would, in a temporary folder."""
     book = tmp_path_factory.mktemp("smoke") / "book"
     (book / "notebooks").mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml", "intro.md"):
-        shutil.copy(ROOT / "book" / name, book / name)
+    for source in (ROOT / "book" / "_config.yml", ROOT / "book" / "_toc.yml",
+                   *(ROOT / "book").glob("*.md")):  # intro.md and the appendix pages
+        shutil.copy(source, book / source.name)
     # One thread: the tiny runs gain nothing from more, and a busy machine slows them a lot.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for notebook in NOTEBOOKS:

@@ -70,8 +70,10 @@ def test_two_steps_on_every_pair_of_tables_5_and_6(name, teacher, student):
         optimizer.zero_grad()
         sum(terms.values()).backward()
         optimizer.step()
-    assert all(torch.equal(value, teacher_before[key])
-               for key, value in method.teacher.state_dict().items())
+    # OFD's teacher runs in train mode, as in the reference: its BatchNorm statistics may move
+    # (test_fidelity checks how), its weights never.
+    kept = dict(method.teacher.named_parameters()) if name == "ofd" else method.teacher.state_dict()
+    assert all(torch.equal(value, teacher_before[key]) for key, value in kept.items())
     assert any(not torch.equal(p, before)
                for p, before in zip(method.student.parameters(), student_before))
     if name == "rkd":

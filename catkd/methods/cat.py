@@ -2,6 +2,12 @@
 
 Both models are converted once (``catkd.cam.convert``, Figure 1) so that the student's forward
 pass yields its CAMs; the teacher's CAMs come from its converted forward without autograd.
+
+The student has no classifier bias, as in the authors' code (their converted student's
+classifier is a 1x1 conv with ``bias=False``): its logits are GAP(CAM) alone (Eq. 3-4). Its
+bias, if its model has one, is zeroed and frozen rather than removed, so that the saved student
+keeps its model's layout and its plain forward gives the same logits. The teacher keeps its
+bias, which only its logits use: the CAMs and the class ranking of ``classes`` are bias-free.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class CAT(Method):
         # parameter with the registered student and teacher, so registering them would put each
         # weight in the state_dict twice.
         self.__dict__.update(student_cam_model=convert(student), teacher_cam_model=convert(teacher))
+        student_bias = self.student_cam_model.classifier.bias
+        if student_bias is not None:
+            nn.init.zeros_(student_bias)
+            student_bias.requires_grad_(False)
         self.beta = beta
         self.resolution = resolution
         self.normalize = normalize

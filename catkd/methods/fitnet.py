@@ -41,6 +41,13 @@ class FitNet(Method):
     the middle stage of the three-stage CIFAR nets (mdistiller's HINT_LAYER 2 counts the stem
     as 0). The regressor is sized on a 32x32 probe and trained with the student.
     Terms: ``ce``, ``hint``.
+
+    The probe runs in eval mode and leaves the teacher as it was. mdistiller's FitNet sizes its
+    regressor with a forward of random noise through the teacher while the teacher is still in
+    training mode, which moves the teacher's BatchNorm running statistics 10% of the way
+    towards the statistics of that one noise image before distillation starts. That is a quirk
+    of the reference, not part of FitNets: catkd does not copy it, so its FitNet teacher is
+    exactly the checkpoint, where the reference's starts slightly off it.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,

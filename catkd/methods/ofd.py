@@ -28,6 +28,13 @@ class OFD(Method):
     against margins taken once from the teacher's BatchNorms (``model.preact_norms``).
     ``stages`` keeps only that many of the deepest stages (None: all; mdistiller's ImageNet OFD
     distils the three deepest). Terms: ``ce``, ``ofd``.
+
+    Unlike the other methods, ``train()`` puts the teacher in training mode too, as OFD's own
+    code (``t_net.train()``) and mdistiller's OFD (its ``train()`` override) do, which is how
+    the published OFD numbers were made: in the student's step the teacher's BatchNorms
+    normalise with the batch's statistics and move their running statistics, in memory only
+    (its weights, its checkpoint and the margins stay as they are). ``eval()`` puts it back in
+    eval mode.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
@@ -56,6 +63,11 @@ class OFD(Method):
                                  persistent=False)
         self.ce_weight = ce_weight
         self.ofd_weight = ofd_weight
+
+    def train(self, mode: bool = True) -> OFD:
+        super().train(mode)
+        self.teacher.train(mode)
+        return self
 
     def margins(self) -> list[torch.Tensor]:
         """The (C_i,) margin of each teacher stage."""
