@@ -110,6 +110,14 @@ def _flatten(section: dict, prefix: str = "") -> list[str]:
     return lines
 
 
+def _message(error: Exception) -> str:
+    """The error in words; an OSError of the file system ("[Errno 13] Permission denied: 'x'")
+    as the file, then what is wrong with it."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --config: argparse leaves those after it unparsed.
@@ -165,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"last {summary['last_acc']:.2f}%")
             print(f"run folder: {summary['path']}")
             return 0
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    # A user's mistake, a damaged file, a folder that cannot be written: one line, not a
+    # traceback (FileNotFoundError and PermissionError are OSErrors).
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"error: {_message(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -6,6 +6,9 @@ recipe); a YAML file and ``key=value`` overrides change some of them, and anythi
 settings (``catkd.methods.settings(method)`` lists them) and is checked against those.
 
 A config file may start from another with ``base: relative/path.yaml``.
+
+``resolve`` checks the type and range of every key before anything runs: a mistake is a
+ValueError that names the key, what it got and what would be right.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import re
 from os import PathLike
 from pathlib import Path
 from typing import Any, Iterable
@@ -71,11 +76,63 @@ EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "run
 SCHEDULES = ("step", "onecycle")
 COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
+# The class counts of the datasets, known without loading them: data.classes is checked
+# against them before any work starts.
+DATASET_CLASSES = {"cifar100": 100, "fashion-mnist": 10, "digits": 10, "stl10": 10,
+                   "tiny-imagenet": 200, "synthetic": 10, "synthetic-distractors": 10,
+                   "imagenet": 1000}
 
 
-def _closest(key: str, valid: Iterable[str]) -> str:
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
+
+
+def _is_number(value: Any) -> bool:
+    return _is_integer(value) or isinstance(value, float) and math.isfinite(value)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_milestones(value: Any) -> bool:
+    return (isinstance(value, list) and all(_is_integer(step) and step >= 1 for step in value)
+            and all(a < b for a, b in zip(value, value[1:])))
+
+
+# What each key of DEFAULTS takes: (test, what a valid value is). The keys not here are checked
+# in _check against the valid names (models, methods, datasets, schedules, compile modes) and
+# the method's settings, or by catkd.device (runtime.device, bf16 and channels_last).
+VALID: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: v is None or _is_text(v) and "/" not in v and v not in (".", ".."),
+             "a folder name without '/', or null"),
+    "out": (_is_text, "a folder path"),
+    "teacher.checkpoint": (lambda v: v is None or _is_text(v), "a file path, or null"),
+    "teacher.epochs": (lambda v: v is None or _is_integer(v) and v >= 1,
+                       "a positive integer, or null (optim.epochs)"),
+    "data.root": (lambda v: v is None or _is_text(v),
+                  "a folder path, or null ($CATKD_DATA or data/)"),
+    "data.classes": (lambda v: v is None or _is_integer(v) and v >= 1,
+                     "a positive integer, or null (all classes)"),
+    "data.fraction": (lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]"),
+    "data.batch_size": (lambda v: _is_integer(v) and v >= 1, "a positive integer"),
+    "data.crop_padding": (lambda v: _is_integer(v) and v >= 0, "a non-negative integer"),
+    "data.flip": (lambda v: isinstance(v, bool), "true or false"),
+    "optim.epochs": (lambda v: _is_integer(v) and v >= 1, "a positive integer"),
+    "optim.lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "optim.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "optim.milestones": (_is_milestones, "a list of increasing positive integers, e.g. [150, 180]"),
+    "optim.gamma": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "seed": (lambda v: _is_integer(v) and 0 <= v < 2**32, "an integer in 0..2**32-1"),
+    "runtime.deterministic": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime.workers": (lambda v: _is_integer(v) and v >= 0, "a non-negative integer"),
+}
+
+
+def _closest(key: Any, valid: Iterable[str]) -> str:
     valid = sorted(valid)
-    guess = difflib.get_close_matches(key, valid, n=1)
+    guess = difflib.get_close_matches(str(key), valid, n=1)  # a YAML key may be a number
     hint = f" (did you mean {guess[0]!r}?)" if guess else ""
     return f"{hint}; valid keys here: {', '.join(valid)}"
 
@@ -107,31 +164,74 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
 
     Values are read as YAML, so ``0.1`` is a float, ``null`` is None and ``[1, 2]`` a list.
     """
+    if isinstance(overrides, str):
+        raise ValueError(f"overrides are a list of key=value strings, e.g. "
+                         f"[{overrides!r}]; got the string {overrides!r}")
     nested: dict = {}
     for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key:
+        key, sep, text = str(override).partition("=")
+        if not isinstance(override, str) or not sep or not key:
             raise ValueError(f"an override is key=value (e.g. optim.lr=0.1), got {override!r}")
         *sections, leaf = key.strip().split(".")
         target = nested
-        for section in sections:
+        for depth, section in enumerate(sections):
             target = target.setdefault(section, {})
-        target[leaf] = yaml.safe_load(text)
+            if not isinstance(target, dict):
+                set_before = ".".join(sections[:depth + 1])
+                raise ValueError(f"override {override!r} sets a key inside {set_before}, which "
+                                 f"an earlier override set to {target!r}; set only its keys")
+        try:
+            target[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {override!r}: the value is not valid YAML "
+                             f"({_yaml_problem(error)}); quote text: {key}='...'") from None
     return nested
 
 
-def load_file(path: str | PathLike) -> dict:
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What the YAML parser stopped at, in one line (its own message spans several)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return (f"{error.problem or error.context} at line {mark.line + 1}, "
+                f"column {mark.column + 1}")
+    return str(error).splitlines()[0]
+
+
+def read_mapping(path: Path, what: str) -> dict:
+    """The mapping of keys in YAML file ``path``, a ``what`` ("config file", "sweep file"); an
+    empty file is an empty mapping. A file that is not YAML, or not a mapping, is a ValueError
+    that names it and where it breaks."""
+    try:
+        content = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not a text file ({error.reason} at byte "
+                         f"{error.start}); a {what} is YAML") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{what} {path} must hold a mapping of keys (key: value lines), "
+                         f"got {content!r}")
+    return content
+
+
+def load_file(path: str | PathLike, _following: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config, following ``base:`` links (relative to the file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    content = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys, got {content!r}")
+    if path.resolve() in _following:
+        raise ValueError(f"config file {path} is its own base (through base: links); "
+                         f"a base is another config")
+    content = read_mapping(path, "config file")
     base = content.pop("base", None)
     if base is None:
         return content
-    return _deep_update(load_file(path.parent / base), content)
+    if not _is_text(base):
+        raise ValueError(f"config file {path}: base must be the path of another config file, "
+                         f"got {base!r}")
+    return _deep_update(load_file(path.parent / base, (*_following, path.resolve())), content)
 
 
 def _deep_update(base: dict, changes: dict) -> dict:
@@ -171,11 +271,7 @@ def _check(config: dict) -> None:
     method = config["method"]
     if method not in methods.names():
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(methods.names())}")
-    valid_settings = methods.settings(method)
-    for key in config["loss"]:
-        if key not in valid_settings:
-            raise ValueError(f"unknown setting loss.{key} for method {method!r}"
-                             f"{_closest(key, valid_settings)}")
+    _check_settings(method, config["loss"])
     needs_teacher = methods.needs_teacher(method)
     if needs_teacher and not config["teacher"]["model"]:
         raise ValueError(f"method {method!r} distils from a teacher: set teacher.model")
@@ -184,23 +280,77 @@ def _check(config: dict) -> None:
     if config["optim"]["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {config['optim']['schedule']!r}; valid: "
                          f"{', '.join(SCHEDULES)}")
+    _check_values(config)
     if config["runtime"]["compile"] not in COMPILE_MODES:
         raise ValueError(f"runtime.compile must be one of "
                          f"{', '.join(str(mode).lower() for mode in COMPILE_MODES)}, "
                          f"got {config['runtime']['compile']!r}")
-    fraction = config["data"]["fraction"]
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"data.fraction must be in (0, 1], got {fraction!r}")
-    for key in ("epochs", "batch_size"):
-        section = "optim" if key == "epochs" else "data"
-        value = config[section][key]
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{section}.{key} must be a positive integer, got {value!r}")
+
+
+def _check_values(config: dict) -> None:
+    """The types and ranges of ``VALID``, then the keys that bound one another."""
+    for key, (valid, what) in VALID.items():
+        section, _, leaf = key.rpartition(".")
+        value = config[section][leaf] if section else config[leaf]
+        if not valid(value):
+            raise ValueError(f"{key} must be {what}, {_got(value)}")
+    classes, dataset = config["data"]["classes"], config["data"]["dataset"]
+    if classes is not None and classes > DATASET_CLASSES[dataset]:
+        raise ValueError(f"data.classes must be within 1..{DATASET_CLASSES[dataset]} (the "
+                         f"classes of {dataset}), got {classes}")
+    optim, teacher = config["optim"], config["teacher"]
+    if optim["schedule"] != "step":  # onecycle has no milestones
+        return
+    if any(step > optim["epochs"] for step in optim["milestones"]):
+        raise ValueError(f"optim.milestones {optim['milestones']} lie beyond optim.epochs="
+                         f"{optim['epochs']}, where the learning rate never drops: give "
+                         f"milestones within 1..{optim['epochs']} ([] for a constant rate)")
+    # A teacher trained here follows the student's recipe for teacher.epochs.
+    trains_teacher = teacher["model"] and not teacher["checkpoint"] and teacher["epochs"]
+    if trains_teacher and any(step > teacher["epochs"] for step in optim["milestones"]):
+        raise ValueError(f"teacher.epochs={teacher['epochs']} ends before optim.milestones "
+                         f"{optim['milestones']}, which the teacher trained here follows: set "
+                         f"teacher.epochs to {optim['milestones'][-1]} or more")
+
+
+# YAML 1.1 reads 1e-3 and 1.0e3 as text: its floats need a dot and a signed exponent.
+_EXPONENT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _got(value: Any) -> str:
+    hint = (" (YAML reads this as text: write 0.001, not 1e-3)"
+            if isinstance(value, str) and _EXPONENT_TEXT.fullmatch(value) else "")
+    return f"got {value!r}{hint}"
+
+
+def _check_settings(method: str, settings: dict) -> None:
+    """The method's settings: known keys, and a number, an integer or a boolean where the
+    default is one (a setting whose default is a name or None is the method's to check)."""
+    defaults = methods.settings(method)
+    for key, value in settings.items():
+        if key not in defaults:
+            raise ValueError(f"unknown setting loss.{key} for method {method!r}"
+                             f"{_closest(key, defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            valid, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            valid, what = _is_integer(value), "an integer"
+        elif isinstance(default, float):
+            valid, what = _is_number(value), "a number"
+        else:
+            continue
+        if not valid:
+            raise ValueError(f"loss.{key} of method {method!r} must be {what} (default "
+                             f"{default!r}), {_got(value)}")
 
 
 def identity(config: dict) -> str:
-    """A stable hash of what a run computes (everything but the execution keys)."""
+    """A stable hash of what a run computes: everything but the execution keys, and the
+    method's revision once its computation has changed (``catkd.methods.revision``)."""
     essential = copy.deepcopy(config)
+    if methods.revision(config["method"]) > 1:
+        essential["method_revision"] = methods.revision(config["method"])
     for key in EXECUTION_KEYS:
         *sections, leaf = key.split(".")
         section = essential

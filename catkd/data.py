@@ -22,6 +22,7 @@ The bottom layer of ``catkd``: it imports no other ``catkd`` module.
 import dataclasses
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -111,8 +112,15 @@ def _select(dataset: ImageDataset, index: torch.Tensor) -> ImageDataset:
 
 # ---------------------------------------------------------------------------- where files live
 def data_root(root: Optional[Union[str, Path]] = None) -> Path:
-    """Where datasets live: ``root`` if given, else ``$CATKD_DATA``, else ``<repo>/data``."""
+    """Where datasets live: ``root`` if given, else ``$CATKD_DATA``, else ``<repo>/data``.
+
+    A given ``root`` that is not a folder is a FileNotFoundError, never a reason to look
+    elsewhere: it is the folder the caller meant."""
     if root is not None:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"the dataset folder {root} (data.root, probe --root) does "
+                                    f"not exist: give an existing folder, or none for "
+                                    f"$CATKD_DATA or {REPO_DATA}")
         return Path(root)
     if os.environ.get("CATKD_DATA"):
         return Path(os.environ["CATKD_DATA"])
@@ -169,8 +177,12 @@ def _load_cifar100(split: str, root: Optional[Path], download: bool) -> ImageDat
 # ------------------------------------------------------------------------------- Fashion-MNIST
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file (gzipped or not) of unsigned bytes: big-endian header, then the array."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-        raw = file.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            raw = file.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # truncated or damaged .gz
+        raise ValueError(f"{path} is damaged ({error}): replace it with a complete "
+                         f"copy") from error
     type_code, ndim = raw[2], raw[3]
     if raw[:2] != b"\x00\x00" or type_code != 0x08:
         raise ValueError(f"{path} is not an idx file of unsigned bytes")

@@ -3,7 +3,8 @@
 ``cells(sweep)`` reads the run folder of every experiment of a sweep (``catkd.sweep``) and
 groups them by the sweep's ``rows`` and ``columns``; ``markdown`` and ``write_csv`` lay them
 out. Nothing trains here: a run that is missing, unfinished, or whose folder is foreign or
-corrupt is counted as such and left out of the means.
+corrupt (a summary without finite accuracies included) is counted as such and left out of the
+means.
 """
 
 from __future__ import annotations
@@ -233,7 +234,11 @@ def report(sweep: Sweep, folder: str | os.PathLike) -> tuple[str, Path, Path]:
     table = cells(sweep)
     text = markdown(sweep, table)
     folder = Path(folder)
-    csv_path = write_csv(table, folder / f"{sweep.path.stem}.csv")
     markdown_path = folder / f"{sweep.path.stem}.md"
-    markdown_path.write_text(text)
+    try:
+        csv_path = write_csv(table, folder / f"{sweep.path.stem}.csv")
+        markdown_path.write_text(text)
+    except OSError as error:
+        raise OSError(f"cannot write the report into {folder} ({error.strerror}): choose a "
+                      f"folder you can write to (report --out)") from error
     return text, csv_path, markdown_path

@@ -37,10 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import yaml
-
 from catkd import config as configs
-from catkd import probe, train
+from catkd import plan, probe, train
 
 SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper",
               "probe", "top5")
@@ -117,7 +115,7 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = configs.read_mapping(path, "sweep file")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; valid keys: "
@@ -144,13 +142,16 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
 
 def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[train.Run]:
     """Train the sweep's runs one after another (finished ones are returned from the cache), or
-    only run ``index``. A run that fails is reported and the others still run; the error is
-    raised at the end."""
+    only run ``index``. Unless ``quiet``, the plan (``catkd.plan``: the runs to train and the
+    time they will take here) is printed first. A run that fails is reported and the others
+    still run; the error is raised at the end."""
     if index is not None:
         if not 0 <= index < len(sweep.experiments):
             raise ValueError(f"--index {index} is out of range: {sweep.path} has "
                              f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
         return [_fit_and_probe(sweep, sweep.experiments[index], quiet)]
+    if not quiet:
+        print(plan.estimate(experiment.config for experiment in sweep.experiments), flush=True)
     runs, failures = [], []
     for number, experiment in enumerate(sweep.experiments):
         try:

@@ -13,10 +13,14 @@ folder:
 
 A run folder is identified by its config: ``fit`` on a config whose folder holds a finished
 run returns it without training; an unfinished one is resumed from ``last.pt``; a folder made
-by a different config is an error, and so is one that cannot be read. Two processes that reach
-the same run (a sweep's parallel jobs, two notebooks) train it once: a lock file beside the
-folder makes the second wait. Under ``torchrun`` the loop runs as DDP (NCCL on GPUs, gloo
-on CPUs): each rank trains on its shard, metrics are summed over ranks, rank 0 writes.
+by a different config is an error, and so is one that cannot be read, or a ``last.pt`` that is
+damaged or from another run (moving it away restarts the run from scratch). A finished run is
+read without writing anything, so run folders shared read-only serve their finished runs. Two
+processes that reach the same run (a sweep's parallel jobs, two notebooks) train it once: a
+lock file beside the folder makes the second wait. A loss that becomes NaN or infinite stops
+the run, unfinished, at the end of that epoch. Under ``torchrun`` the loop runs as DDP (NCCL
+on GPUs, gloo on CPUs): each rank trains on its shard, metrics are summed over ranks, rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import platform
 import random
@@ -38,15 +43,23 @@ import torch
 import torch.distributed as dist
 import torchvision
 from torch import nn
-import yaml
 
 from catkd import __version__, config as configs, data, methods, models
 from catkd import device as devices
+from catkd.models.checkpoint import read_checkpoint
 from catkd.progress import RunProgress
 
 SUMMARY = "summary.json"
 LAST = "last.pt"
 BEST = "best.pt"
+# The accuracies a finished run's summary holds, finite numbers (what a report reads).
+SUMMARY_ACCURACIES = ("best_acc", "last_acc")
+# The resume state in last.pt.
+RESUME_KEYS = ("model", "extras", "optimizer", "schedule", "epoch", "best_acc", "best_epoch",
+               "seconds", "evaluation", "rng")
+# The entries of a learning-rate schedule's state that the recipe fixes (the others are its
+# progress): a resume state whose entries differ comes from another run.
+SCHEDULE_RECIPE = ("milestones", "gamma", "total_steps", "base_lrs")
 
 
 @dataclass
@@ -62,8 +75,15 @@ class Run:
         path = Path(path)
         if not (path / SUMMARY).is_file():
             raise FileNotFoundError(f"{path} holds no finished run (no {SUMMARY})")
-        return cls(path, configs.load_file(path / "config.yaml"),
-                   json.loads((path / SUMMARY).read_text()))
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path / SUMMARY} is not JSON ({error})") from error
+        for key in SUMMARY_ACCURACIES:
+            value = summary.get(key) if isinstance(summary, dict) else None
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{path / SUMMARY} has {key} {value!r}, not a finite number")
+        return cls(path, configs.load_file(path / "config.yaml"), summary)
 
     def metrics(self) -> list[dict]:
         """The per-epoch metrics, one dict per epoch."""
@@ -159,7 +179,8 @@ def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
 
 # --------------------------------------------------------------------------- data and models
 
-def _datasets(config: dict) -> tuple[data.ImageDataset, data.ImageDataset]:
+def datasets(config: dict) -> tuple[data.ImageDataset, data.ImageDataset]:
+    """The (training, test) sets of a config, its reductions applied to the training set."""
     spec = config["data"]
     train_set = data.load(spec["dataset"], "train", spec["root"])
     test_set = data.load(spec["dataset"], "test", spec["root"])
@@ -359,13 +380,18 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     path = Path(config["out"]) / configs.run_name(config)
 
     progress = RunProgress(path.name, config["optim"]["epochs"], not quiet and rank == 0, title)
-    # Under DDP rank 0 claims the folder for the job; the barrier keeps the other ranks from
-    # looking at it before rank 0 holds the claim.
-    with _claim(path, rank == 0, progress.say):
-        if dist.is_initialized():
-            dist.barrier()
-        run = finished_run(path, config) or _train(config, path, rank, world_size, quiet,
-                                                   progress)
+    # A finished run is read without the claim, which writes a lock file: run folders shared
+    # read-only serve their finished runs. Under DDP the ranks look inside the claim only, so
+    # that a run finished meanwhile by another job cannot split them.
+    run = finished_run(path, config) if world_size == 1 else None
+    if run is None:
+        # Under DDP rank 0 claims the folder for the job; the barrier keeps the other ranks
+        # from looking at it before rank 0 holds the claim.
+        with _claim(path, rank == 0, progress.say):
+            if dist.is_initialized():
+                dist.barrier()
+            run = finished_run(path, config) or _train(config, path, rank, world_size, quiet,
+                                                       progress)
     progress.say(f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
                  f"last {run.summary['last_acc']:.2f}%: {run.path}")
     return run
@@ -381,8 +407,13 @@ def _claim(path: Path, lock: bool, log) -> Iterator[None]:
     if not lock:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as lock_file:  # "a": never truncated
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(path.parent / f".{path.name}.lock", "a")  # "a": never truncated
+    except OSError as error:
+        raise OSError(f"cannot write the run folder {path} ({error.strerror}): set out= to a "
+                      f"folder you can write to") from error
+    with lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -404,7 +435,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     if config["data"]["dataset"] == "imagenet":
         train_set, test_set, shape = None, None, (1000, 3)
     else:
-        train_set, test_set = _datasets(config)
+        train_set, test_set = datasets(config)
         shape = (test_set.num_classes, test_set.in_channels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
     train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
@@ -424,7 +455,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
     step = method
     if world_size > 1:
-        # static_graph: the same parameters are used every step; CAT leaves the FC bias unused.
+        # static_graph: the same parameters are used every step.
         step = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             static_graph=True)
@@ -432,14 +463,19 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
 
     start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
     if (path / LAST).is_file():
-        state = torch.load(path / LAST, map_location=device, weights_only=True)
-        student.load_state_dict(state["model"])
-        method.load_extra_state_dict(state["extras"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        state = _resume_state(path / LAST, config, schedule, device)
+        try:
+            student.load_state_dict(state["model"])
+            method.load_extra_state_dict(state["extras"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            _set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # what they raise
+            raise ValueError(f"{path / LAST} is not this run's resume state (its model, "
+                             f"optimizer or random state does not fit this run's); "
+                             f"{_restart(path / LAST)}") from error
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         seconds, evaluation = state["seconds"], state["evaluation"]
-        _set_rng_state(state["rng"])
         progress.say(f"resuming {path} after epoch {start_epoch}")
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
@@ -459,6 +495,15 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
         averages = train_epoch(step, method, progress.steps(train_loader, epoch), optimizer,
                                schedule, epoch, device, runtime["bf16"], memory_format,
                                config["optim"]["schedule"])
+        # Checked once per epoch, on the sums train_epoch already brought to the CPU, so that no
+        # step waits for the device; the epoch is neither saved nor written to the metrics.
+        diverged = {term: value for term, value in averages.items()
+                    if term.startswith("loss_") and not math.isfinite(value)}
+        if diverged:
+            term, value = next(iter(diverged.items()))
+            raise RuntimeError(f"{path}: the loss term {term} became {value} in epoch "
+                               f"{epoch + 1}; the run stopped, unfinished, and kept nothing of "
+                               f"that epoch: lower optim.lr or check the loss settings")
         _share_rank_0_buffers(student)
         evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
@@ -494,6 +539,31 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     return Run(path, config, summary)
 
 
+def _restart(file: Path) -> str:
+    return f"move it away (e.g. mv {file} {file}.old) and the run restarts from scratch"
+
+
+def _resume_state(file: Path, config: dict, schedule, device: torch.device) -> dict:
+    """The resume state in ``file`` (a run's last.pt), checked against the run: a damaged file,
+    or one from another run, is a ValueError that names it and how to restart the run."""
+    try:
+        state = read_checkpoint(file, device)
+    except ValueError as error:
+        raise ValueError(f"{file} is damaged: it cannot be read; {_restart(file)}") from error
+    epochs, recipe = config["optim"]["epochs"], schedule.state_dict()
+    if not isinstance(state, dict) or not set(RESUME_KEYS) <= set(state):
+        problem = f"it lacks the entries {', '.join(RESUME_KEYS)}"
+    elif not (isinstance(state["epoch"], int) and 1 <= state["epoch"] <= epochs):
+        problem = f"its epoch {state['epoch']!r} is not within this run's 1..{epochs}"
+    elif not isinstance(state["schedule"], dict) or any(
+            state["schedule"].get(entry) != recipe.get(entry)
+            for entry in SCHEDULE_RECIPE):
+        problem = "its learning-rate schedule is another recipe's"
+    else:
+        return state
+    raise ValueError(f"{file} is not this run's resume state ({problem}); {_restart(file)}")
+
+
 def finished_run(path: Path, config: dict) -> Run | None:
     """The finished run of ``config`` in folder ``path``, or None if it has not finished (or
     not started). A folder made by another config, or one whose files cannot be read, is a
@@ -503,7 +573,7 @@ def finished_run(path: Path, config: dict) -> Run | None:
     try:
         existing = configs.load_file(path / "config.yaml")
         same = configs.identity(configs.resolve(existing)) == configs.identity(config)
-    except (ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is corrupt ({path / 'config.yaml'}: {error}); move it away "
                          f"to train this run again") from error
     if not same:
@@ -513,6 +583,6 @@ def finished_run(path: Path, config: dict) -> Run | None:
         return None
     try:
         return Run.open(path)
-    except (ValueError, KeyError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is corrupt ({path / SUMMARY}: {error}); move it away to "
-                         f"train this run again") from error
+    except ValueError as error:
+        raise ValueError(f"{path} is corrupt ({error}); move it away to train this run "
+                         f"again") from error

@@ -102,6 +102,7 @@ def test_fashion_mnist_missing_names_places(tmp_path, monkeypatch):
     hidden = tmp_path / "no-system-copy"
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", hidden)
     root = tmp_path / "empty"
+    root.mkdir()
     with pytest.raises(FileNotFoundError) as info:
         load("fashion-mnist", "train", root=root, download=False)
     message = str(info.value)

@@ -171,8 +171,8 @@ def test_crd_trains_on_an_imagenet_folder(tmp_path):
     teacher = tmp_path / "resnet34.pth"
     torch.save(models.create("imagenet_resnet34", num_classes=1000).state_dict(), teacher)
     run = train.fit(CONFIGS / "crd-resnet34-resnet18.yaml", [
-        f"data.root={tmp_path}", "data.batch_size=2", "optim.epochs=1", "runtime.workers=0",
-        "runtime.device=cpu", f"teacher.checkpoint={teacher}", "loss.negatives=1",
+        f"data.root={tmp_path}", "data.batch_size=2", "optim.epochs=1", "optim.milestones=[]",
+        "runtime.workers=0", "runtime.device=cpu", f"teacher.checkpoint={teacher}", "loss.negatives=1",
         f"out={tmp_path / 'runs'}"], quiet=True)
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["extra_parameters"] > 0

@@ -65,8 +65,11 @@ def test_a_named_folder_of_another_config_is_refused(tmp_path):
 
 @pytest.mark.parametrize("method", ["kd", "dkd", "at", "cat", "catkd"])
 def test_distillation_trains_and_reuses_one_teacher(tmp_path, method):
+    # CAT on l2-normalised maps: catkd's default, raw maps at beta 15 (resnet32x4 -> resnet8x4
+    # on CIFAR-100), drove seed 1 here to a NaN loss with two threads.
+    settings = ["loss.normalize=l2"] if method in ("cat", "catkd") else []
     run = train.fit(None, tiny(tmp_path, f"method={method}", "teacher.model=resnet14",
-                               "optim.epochs=1"), quiet=True)
+                               "optim.epochs=1", *settings), quiet=True)
     terms = {key for key in run.metrics()[0] if key.startswith("loss_")}
     expected = {"cat": {"loss_cat"}, "catkd": {"loss_ce", "loss_cat"}}.get(
         method, {"loss_ce", f"loss_{method}"})
@@ -74,7 +77,7 @@ def test_distillation_trains_and_reuses_one_teacher(tmp_path, method):
     teachers = [path for path in tmp_path.iterdir() if path.name.startswith("ce_resnet14")]
     assert len(teachers) == 1
     train.fit(None, tiny(tmp_path, f"method={method}", "teacher.model=resnet14",
-                         "optim.epochs=1", "seed=1"), quiet=True)
+                         "optim.epochs=1", "seed=1", *settings), quiet=True)
     assert [path for path in tmp_path.iterdir() if path.name.startswith("ce_resnet14")] == teachers
 
 
@@ -100,7 +103,7 @@ def _metrics_without_timings(path):
 
 def _train_command(tmp_path, name):
     overrides = tiny(tmp_path, f"name={name}", "method=catkd", "teacher.model=resnet14",
-                     "teacher.epochs=1", "optim.epochs=5", "optim.milestones=[3]")
+                     "teacher.epochs=3", "optim.epochs=5", "optim.milestones=[3]")
     return [sys.executable, "-m", "catkd", "train", *overrides]
 
 

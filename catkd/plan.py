@@ -1,0 +1,112 @@
+"""How long the runs that are missing will take on this machine, measured before they train.
+
+``estimate(configs)`` finds which of the runs (and the teachers they train first) have no
+finished run folder, times a few training steps of each distinct method and pair of models on
+this machine (``catkd.bench.step_times``, on random images of the dataset's shape, with this
+process's threads), and multiplies by each run's steps. An epoch's evaluation is counted as a
+forward pass of the student over the test set, a third of the student's cross-entropy step per
+image (a backward pass costs about two forwards). A chapter or a sweep prints the plan before it
+trains anything, so that a reader knows whether to wait or to come back later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from catkd import bench, config as configs, train
+from catkd import device as devices
+
+
+@dataclass
+class Plan:
+    """The runs asked for, the run folders still to train (teachers first) and the estimate."""
+
+    runs: int
+    missing: list[Path]
+    seconds: float | None  # None: not estimated (ImageNet runs read their images from disk)
+    device: str
+
+    def __str__(self) -> str:
+        if not self.missing:
+            return f"all {self.runs} runs are finished: nothing to train"
+        to_train = f"{len(self.missing)} runs to train (of {self.runs} asked for, teachers included)"
+        if self.seconds is None:
+            return f"{to_train}: no time estimate for runs that read images from disk"
+        return (f"{to_train}: about {_duration(self.seconds)} on {self.device}, from a few "
+                f"steps of each model measured here")
+
+
+def estimate(run_configs: Iterable[dict], calibration_steps: int = 3) -> Plan:
+    """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``)."""
+    asked: dict[Path, dict] = {}
+    for config in run_configs:
+        if config["teacher"]["model"] and not config["teacher"]["checkpoint"]:
+            teacher = train.teacher_config(config)
+            asked.setdefault(_folder(teacher), teacher)
+        asked.setdefault(_folder(config), config)
+    missing = {path: config for path, config in asked.items()
+               if not (path / train.SUMMARY).is_file()}
+    if any(config["data"]["dataset"] == "imagenet" for config in missing.values()):
+        return Plan(len(asked), list(missing), None, "")
+    calibration = _Calibration(calibration_steps)
+    seconds = sum(calibration.run_seconds(path, config) for path, config in missing.items())
+    return Plan(len(asked), list(missing), seconds, calibration.device_name)
+
+
+class _Calibration:
+    """Seconds per training step of each distinct method, models, batch and data shape,
+    measured once."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.step_seconds: dict[tuple, float] = {}
+        self.device_name = "this machine"
+
+    def run_seconds(self, path: Path, config: dict) -> float:
+        """The training and evaluation time left to the run of ``config`` in ``path``."""
+        train_set, test_set = train.datasets(config)
+        batch_size = config["data"]["batch_size"]
+        shape = dict(num_classes=test_set.num_classes, in_channels=test_set.in_channels,
+                     image_size=test_set.image_size, batch_size=batch_size)
+        epoch = (len(train_set) // batch_size * self._step(config, config["method"],
+                                                           config["loss"], shape)
+                 + math.ceil(len(test_set) / batch_size) * self._step(config, "ce", {},
+                                                                      shape) / 3)
+        return (config["optim"]["epochs"] - _epochs_done(path)) * epoch
+
+    def _step(self, config: dict, method: str, loss: dict, shape: dict) -> float:
+        teacher = config["teacher"]["model"] if method != "ce" else None
+        device = devices.resolve(config["runtime"]["device"])
+        key = (method, config["student"], teacher, repr(sorted(loss.items())),
+               *shape.values(), str(device))
+        if key not in self.step_seconds:
+            timing = bench.step_times([method], config["student"], teacher, device,
+                                      steps=self.steps, warmup=1, rounds=1,
+                                      settings={method: loss}, **shape)
+            self.step_seconds[key] = timing["step_ms"][method] / 1000
+            self.device_name = devices.name(device)
+        return self.step_seconds[key]
+
+
+def _folder(config: dict) -> Path:
+    return Path(config["out"]) / configs.run_name(config)
+
+
+def _epochs_done(path: Path) -> int:
+    """Epochs an interrupted run has behind it (its metrics lines), 0 for a new one."""
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    return sum(1 for line in metrics.read_text().splitlines() if line.strip())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+

@@ -1,0 +1,63 @@
+"""The plan printed before training: which runs are missing and how long they will take here."""
+
+import math
+
+import pytest
+
+from catkd import bench, config, plan, train
+from catkd import device as devices
+from tests.test_train import tiny
+
+
+def configs(tmp_path, *overrides):
+    return [config.resolve(None, tiny(tmp_path, *overrides)),
+            config.resolve(None, tiny(tmp_path, "method=kd", "teacher.model=resnet8",
+                                      "teacher.epochs=1", *overrides))]
+
+
+def test_the_estimate_is_each_missing_run_s_steps_times_its_measured_step(tmp_path, monkeypatch):
+    measured = {"ce": 0.010, "kd": 0.025}  # seconds per step, as if timed here
+    calls = []
+
+    def step_times(names, student, teacher, device, **kwargs):
+        calls.append((names[0], student, teacher))
+        return {"step_ms": {names[0]: 1000 * measured[names[0]]}}
+
+    monkeypatch.setattr(bench, "step_times", step_times)
+    ce_run, kd_run = configs(tmp_path)
+    estimate = plan.estimate([ce_run, kd_run])
+    # digits: 1437 training images (44 steps of 32), 360 test images (12 batches of 32).
+    epoch_of = {method: 1437 // 32 * measured[method] + math.ceil(360 / 32) * measured["ce"] / 3
+                for method in measured}
+    # The ce student (2 epochs), the kd student (2 epochs) and its resnet8 teacher (1 epoch).
+    assert estimate.seconds == pytest.approx(2 * epoch_of["ce"] + 2 * epoch_of["kd"]
+                                             + epoch_of["ce"])
+    assert (estimate.runs, len(estimate.missing)) == (3, 3)
+    teacher_folder = plan._folder(train.teacher_config(kd_run))
+    assert estimate.missing.index(teacher_folder) < estimate.missing.index(plan._folder(kd_run))
+    # Each distinct step was measured once: ce resnet8 (the ce run, the teacher, every
+    # evaluation) and kd resnet8 <- resnet8.
+    assert sorted(calls) == [("ce", "resnet8", None), ("kd", "resnet8", "resnet8")]
+    assert "3 runs to train (of 3 asked for" in str(estimate)
+
+
+def test_finished_runs_leave_the_plan_and_interrupted_ones_count_what_is_left(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
+                        {"step_ms": {names[0]: 10.0}})
+    ce_run, kd_run = configs(tmp_path)
+    full = plan.estimate([ce_run]).seconds
+    train.fit(ce_run, quiet=True)
+    assert str(plan.estimate([ce_run])) == "all 1 runs are finished: nothing to train"
+    # An interrupted run: one of its two epochs is behind it.
+    path = plan._folder(ce_run)
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    (path / "metrics.jsonl").write_text(lines[0] + "\n")
+    (path / train.SUMMARY).unlink()
+    assert plan.estimate([ce_run]).seconds == pytest.approx(full / 2)
+
+
+def test_a_real_calibration_names_this_machine(tmp_path):
+    estimate = plan.estimate(configs(tmp_path)[:1], calibration_steps=1)
+    assert estimate.seconds > 0
+    assert devices.name(devices.resolve("cpu")) in str(estimate)
