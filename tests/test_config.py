@@ -75,3 +75,17 @@ def test_every_shipped_config_resolves():
         # Sweep files are not run configs; tests/test_sweep.py expands every one of them.
         if path.name != "recipe.yaml" and path.parent.name != "sweeps":
             config.resolve(path)
+
+
+def test_run_names_are_stable_and_a_method_revision_renames_its_runs(monkeypatch):
+    from catkd import methods
+
+    # The quick teacher's folder, as the README and earlier run folders name it.
+    teacher = config.resolve("configs/quick/teacher.yaml", ["runtime.bf16=true"])
+    assert config.run_name(teacher) == "ce_resnet20_fashion-mnist_seed0_5614a9a062"
+    # A method whose computation changed gets new run folders: old runs are not returned.
+    student = config.resolve("configs/quick/catkd.yaml", ["runtime.bf16=true"])
+    assert methods.revision("catkd") == methods.revision("cat") == methods.revision("ofd") == 2
+    revised = config.run_name(student)
+    monkeypatch.setattr(methods.CAT, "revision", 1)
+    assert config.run_name(student) != revised

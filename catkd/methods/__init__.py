@@ -31,7 +31,8 @@ from catkd.methods.reviewkd import ReviewKD
 from catkd.methods.rkd import RKD
 
 __all__ = ["AT", "CAT", "CATKD", "CE", "CRD", "DKD", "FitNet", "KD", "Method", "OFD", "RKD",
-           "ReviewKD", "create", "names", "needs_sample_indices", "needs_teacher", "settings"]
+           "ReviewKD", "create", "names", "needs_sample_indices", "needs_teacher", "revision",
+           "settings"]
 
 _METHODS: dict[str, type[Method]] = {
     "ce": CE, "kd": KD, "dkd": DKD, "at": AT, "cat": CAT, "catkd": CATKD,
@@ -66,6 +67,11 @@ def needs_sample_indices(name: str) -> bool:
     """Whether method ``name`` indexes the training set (``crd``): it is built with the training
     labels and its forward takes each batch's sample indices."""
     return _method_class(name).needs_sample_indices
+
+
+def revision(name: str) -> int:
+    """The revision of method ``name``'s computation (1, or higher after a change)."""
+    return _method_class(name).revision
 
 
 def create(name: str, student: nn.Module, teacher: nn.Module | None = None,

@@ -32,6 +32,9 @@ class Method(nn.Module):
     # forward takes a fourth, the (B,) training-set indices of the batch's samples
     # (``catkd.data.BatchLoader(..., sample_indices=True)`` yields them).
     needs_sample_indices: bool = False
+    # Raised when what a method computes changes, so that runs made before are not returned for
+    # its configs: a revision above 1 is part of the run's hash (``catkd.config.identity``).
+    revision: int = 1
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()

@@ -36,6 +36,7 @@ class CAT(Method):
 
     student_cam_model: CAMModel
     teacher_cam_model: CAMModel
+    revision = 2  # 2: the student's classifier bias is zero and frozen
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 50.0,
                  resolution: int = 2, normalize: str | None = "l2", binarize: str | None = None,

@@ -37,6 +37,8 @@ class OFD(Method):
     eval mode.
     """
 
+    revision = 2  # 2: the teacher in train mode during the step; margins in float64
+
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  ofd_weight: float = 1e-3, stages: int | None = None) -> None:
         super().__init__(student, teacher)
