@@ -74,8 +74,8 @@ DEFAULTS: dict[str, Any] = {
 EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "runtime.compile",
                   "runtime.deterministic", "runtime.workers")
 SCHEDULES = ("step", "onecycle")
-COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune",
-                 "max-autotune-no-cudagraphs")
+# runtime.compile: false, true (torch's default mode) or one of these torch.compile modes.
+COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The class counts of the datasets, known without loading them: data.classes is checked
 # against them before any work starts.
 DATASET_CLASSES = {"cifar100": 100, "fashion-mnist": 10, "digits": 10, "stl10": 10,
@@ -281,10 +281,11 @@ def _check(config: dict) -> None:
         raise ValueError(f"unknown optim.schedule {config['optim']['schedule']!r}; valid: "
                          f"{', '.join(SCHEDULES)}")
     _check_values(config)
-    if config["runtime"]["compile"] not in COMPILE_MODES:
-        raise ValueError(f"runtime.compile must be one of "
-                         f"{', '.join(str(mode).lower() for mode in COMPILE_MODES)}, "
-                         f"got {config['runtime']['compile']!r}")
+    compile_mode = config["runtime"]["compile"]
+    # isinstance, not ==: 1 == True in Python, and runtime.compile=1 is a mistake.
+    if not (isinstance(compile_mode, bool) or compile_mode in COMPILE_MODES):
+        raise ValueError(f"runtime.compile must be one of false, true, "
+                         f"{', '.join(COMPILE_MODES)}, got {compile_mode!r}")
 
 
 def _check_values(config: dict) -> None:

@@ -40,9 +40,10 @@ def test_a_run_made_with_native_bf16_is_not_an_fp32_run(monkeypatch):
 def test_bad_runtime_values_are_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="runtime.bf16 must be true, false or auto, got 'maybe'"):
         config.resolve(None, ["runtime.bf16=maybe"])
-    with pytest.raises(ValueError, match="runtime.compile must be one of false, true, "
-                                         "reduce-overhead"):
-        config.resolve(None, ["runtime.compile=fast"])
+    for wrong in ("fast", "1"):
+        with pytest.raises(ValueError, match="runtime.compile must be one of false, true, "
+                                             "reduce-overhead"):
+            config.resolve(None, [f"runtime.compile={wrong}"])
     with pytest.raises(ValueError, match="runtime.device must be auto, cpu, cuda"):
         device.resolve("gpu")
 
