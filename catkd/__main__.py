@@ -20,6 +20,7 @@ examples:
   # the runs of a table: list them, run one (a job array), or run what is missing
   python -m catkd sweep configs/cifar100/sweeps/table6.yaml --list
   python -m catkd sweep configs/cifar100/sweeps/table6.yaml --index $SLURM_ARRAY_TASK_ID
+  python -m catkd sweep configs/quick/sweeps/methods.yaml --jobs 2   # two worker processes
   python -m catkd report configs/cifar100/sweeps/table6.yaml --out reports
 
   # linear probing of a trained student on another dataset (Table 9)
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("file", help="sweep YAML (configs/*/sweeps/)")
     sweep.add_argument("--list", action="store_true", help="print one command per run and its "
                                                            "state; train nothing")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="train the missing runs in N worker processes, each with its share "
+                            "of the cores (on 2 cores: --jobs 2)")
     sweep.add_argument("--index", type=int, help="run only the I-th run (0-based), e.g. "
                                                  "$SLURM_ARRAY_TASK_ID")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     _, problem = report.status(experiment)
                     print(f"{number}\t{problem or 'finished'}\t{experiment.command()}")
             else:
-                sweep.run(runs, args.index)
+                sweep.run(runs, args.index, jobs=args.jobs)
             return 0
         if args.command == "report":
             for file in args.files:

@@ -31,11 +31,14 @@ from __future__ import annotations
 import glob
 import itertools
 import json
+import multiprocessing
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import torch
 
 from catkd import config as configs
 from catkd import plan, probe, train
@@ -140,31 +143,91 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
                  bool(spec.get("top5", False)))
 
 
-def run(sweep: Sweep, index: int | None = None, quiet: bool = False) -> list[train.Run]:
+def run(sweep: Sweep, index: int | None = None, quiet: bool = False,
+        jobs: int = 1) -> list[train.Run]:
     """Train the sweep's runs one after another (finished ones are returned from the cache), or
     only run ``index``. Unless ``quiet``, the plan (``catkd.plan``: the runs to train and the
     time they will take here) is printed first. A run that fails is reported and the others
-    still run; the error is raised at the end."""
+    still run; the error is raised at the end.
+
+    ``jobs`` > 1 trains the missing runs in that many worker processes, each with its share of
+    the cores as threads (on 2 cores, two one-thread processes trained two quick runs 1.3x
+    faster than one two-thread process: README, "Performance"); missing teachers train first,
+    so that no worker waits for another's teacher."""
     if index is not None:
         if not 0 <= index < len(sweep.experiments):
             raise ValueError(f"--index {index} is out of range: {sweep.path} has "
                              f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
         return [_fit_and_probe(sweep, sweep.experiments[index], quiet)]
+    if jobs < 1:
+        raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
     if not quiet:
         print(plan.estimate(experiment.config for experiment in sweep.experiments), flush=True)
-    runs, failures = [], []
+    failures = _train_in_workers(sweep, jobs, quiet) if jobs > 1 else {}
+    runs = []
     for number, experiment in enumerate(sweep.experiments):
+        if experiment.path in failures:
+            continue
         try:
             runs.append(_fit_and_probe(sweep, experiment, quiet,
                                        f"run {number + 1} of {len(sweep.experiments)}"))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
-            failures.append(f"{experiment.path}: {error}")
+            failures[experiment.path] = str(error)
             if not quiet:
                 print(f"  failed: {error}", flush=True)
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(sweep.experiments)} runs failed:\n"
-                           + "\n".join(failures))
+                           + "\n".join(f"{path}: {error}" for path, error in failures.items()))
     return runs
+
+
+def _teacher_folder(config: dict) -> Path | None:
+    """The run folder of the teacher that ``config`` trains first, or None (none, or loaded)."""
+    if not config["teacher"]["model"] or config["teacher"]["checkpoint"]:
+        return None
+    teacher = train.teacher_config(config)
+    return Path(teacher["out"]) / configs.run_name(teacher)
+
+
+def _train_in_workers(sweep: Sweep, jobs: int, quiet: bool) -> dict[Path, str]:
+    """Train the sweep's unfinished runs in ``jobs`` processes, their missing teachers first;
+    returns {run folder: error} of the runs that failed (a failed teacher fails its students)."""
+    students = [experiment for experiment in sweep.experiments
+                if not (experiment.path / train.SUMMARY).is_file()]
+    teachers = {_teacher_folder(experiment.config): train.teacher_config(experiment.config)
+                for experiment in students if _teacher_folder(experiment.config) is not None}
+    stages = [[config for path, config in teachers.items()
+               if not (path / train.SUMMARY).is_file()],
+              [experiment.config for experiment in students]]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failures: dict[Path, str] = {}
+    # spawn, not fork: a forked copy of a process that has run torch's thread pools can hang.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        for stage in stages:
+            stage = [config for config in stage if _teacher_folder(config) not in failures]
+            for path, error in pool.imap_unordered(_fit_quietly, stage):
+                if error is not None:
+                    failures[path] = error
+                if not quiet:
+                    print(f"{'failed' if error else 'finished'}: {path}"
+                          f"{': ' + error if error else ''}", flush=True)
+    for experiment in students:
+        teacher_path = _teacher_folder(experiment.config)
+        if teacher_path in failures:
+            failures[experiment.path] = f"its teacher failed: {failures[teacher_path]}"
+    return failures
+
+
+def _fit_quietly(config: dict) -> tuple[Path, str | None]:
+    """A worker's job: (run folder, None) once the run of ``config`` is finished, or (run
+    folder, the error) if it failed."""
+    path = Path(config["out"]) / configs.run_name(config)
+    try:
+        train.fit(config, quiet=True)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        return path, str(error)
+    return path, None
 
 
 def _fit_and_probe(sweep: Sweep, experiment: Experiment, quiet: bool,

@@ -295,3 +295,31 @@ columns: pair
         progress_bar=False, cwd=str(ROOT))
     after = {file: file.stat().st_mtime_ns for file in parallel.rglob("*") if file.is_file()}
     assert after == before, "the notebook wrote into the run folders"
+
+
+def test_worker_processes_train_a_sweep_as_one_process_does(tmp_path):
+    """--jobs 2: the teacher first, then the students, in two one-thread workers; the same
+    runs and numbers as a sequential one-thread sweep."""
+    path = write_sweep(tmp_path, """
+title: tiny
+configs: [QUICK/ce.yaml, QUICK/kd.yaml, QUICK/catkd.yaml]
+seeds: [0]
+overrides: [data.dataset=digits, optim.epochs=1, teacher.epochs=1, runtime.bf16=false]
+rows: method
+columns: pair
+""")
+    workers, sequential = tmp_path / "workers", tmp_path / "sequential"
+    printed = finish(cli("sweep", path, "--jobs", "2", f"out={workers}"))
+    assert printed.index("finished: " + str(workers / "ce_resnet20")) < printed.index(
+        "finished: " + str(workers / "kd_")), "the teacher trains before its students"
+    finish(cli("sweep", path, f"out={sequential}"))
+
+    def table(out):
+        return [(cell.row, cell.column, cell.best, cell.last)
+                for cell in report.cells(sweep.load(path, [f"out={out}"]))]
+
+    assert table(workers) == table(sequential) and all(len(best) == 1
+                                                       for _, _, best, _ in table(workers))
+    assert len(list(workers.glob("ce_resnet20_*"))) == 1
+    with pytest.raises(ValueError, match="jobs must be a positive number"):
+        sweep.run(sweep.load(path, [f"out={workers}"]), jobs=0)
