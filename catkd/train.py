@@ -223,9 +223,11 @@ def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> n
         return models.load_checkpoint(teacher, spec["checkpoint"])
     teacher_run = teacher_config(config)
     path = Path(teacher_run["out"]) / configs.run_name(teacher_run)
-    if not quiet and not (path / SUMMARY).is_file():
+    trained = (path / SUMMARY).is_file()
+    if not quiet and not trained:
         print(f"training the teacher {spec['model']} first: run folder {path}", flush=True)
-    return fit(teacher_run, quiet=quiet).model()
+    # A teacher trained before is only read: no line of its own beside its student's.
+    return fit(teacher_run, quiet=quiet or trained).model()
 
 
 # --------------------------------------------------------------------------- the loop

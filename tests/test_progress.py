@@ -60,14 +60,21 @@ def test_a_notebook_run_replaces_one_status_line(tmp_path, monkeypatch):
 
 
 def test_an_executed_notebook_keeps_one_line_per_run(tmp_path):
-    """A real kernel (as papermill and nbval run one): the run's cell ends with one output."""
+    """A real kernel (as papermill and nbval run one): a run's cell ends with one output, and a
+    student whose teacher was trained before shows its own line only."""
+    student = tiny(tmp_path, "optim.epochs=1", "method=kd", "teacher.model=resnet14",
+                   "teacher.epochs=1")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from catkd import train\n"
-        f"run = train.fit(None, {tiny(tmp_path, 'optim.epochs=1')!r})")])
+        f"from catkd import train\nrun = train.fit(None, {overrides!r})")
+        for overrides in (tiny(tmp_path, "optim.epochs=1"), student, [*student, "seed=1"])])
     NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
-    outputs = notebook.cells[0].outputs
-    assert len(outputs) == 1, outputs
-    assert outputs[0]["data"]["text/plain"].startswith("best ")
+    plain, first_student, second_student = (cell.outputs for cell in notebook.cells)
+    assert len(plain) == 1 and plain[0]["data"]["text/plain"].startswith("best "), plain
+    # The first student trains its teacher: that says so, then the teacher's and its own line.
+    assert first_student[0]["text"].startswith("training the teacher resnet14 first")
+    assert len(first_student) == 3, first_student
+    assert len(second_student) == 1 and "kd_resnet14-resnet8" in \
+        second_student[0]["data"]["text/plain"], second_student
 
 
 def test_not_in_a_notebook_here():
