@@ -439,6 +439,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     else:
         train_set, test_set = datasets(config)
         shape = (test_set.num_classes, test_set.in_channels)
+        _dry_step(config, shape, test_set.image_size, train_set.labels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
     train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
                                          methods.needs_sample_indices(config["method"]))
@@ -539,6 +540,23 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     if dist.is_initialized():
         dist.barrier()
     return Run(path, config, summary)
+
+
+def _dry_step(config: dict, shape: tuple[int, int], image_size: int,
+              train_labels: torch.Tensor) -> None:
+    """One forward of the method on two blank images, with an untrained teacher of the same
+    architecture: a setting that does not fit the models and the data (a CAM resolution larger
+    than the maps, a stage that does not exist) fails here, before a teacher trains for hours."""
+    num_classes, in_channels = shape
+    teacher_name = config["teacher"]["model"]
+    teacher = (models.create(teacher_name, num_classes=num_classes, in_channels=in_channels)
+               if teacher_name else None)
+    method = methods.create(config["method"], build_student(config, shape), teacher,
+                            train_labels=train_labels, **config["loss"])
+    images = torch.zeros(2, in_channels, image_size, image_size)
+    indices = [torch.arange(2)] if method.needs_sample_indices else []
+    with torch.no_grad():
+        method(images, torch.zeros(2, dtype=torch.long), 0, *indices)
 
 
 def _restart(file: Path) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the performance work, as one prepared command for a machine with one CUDA GPU
-# and PyTorch but no network (e.g. the device tool's H100 or H200: about 6 minutes there).
+# and PyTorch but no network (e.g. an H100 or H200; on an H200 the bench part took 3 minutes).
 #
 #   bash scripts/gpu_check.sh [OUT [PART ...]]   results in OUT (default $OUT, else
 #                                                 runs/gpu_check); PARTs: bench engine (both)

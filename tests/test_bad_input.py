@@ -1,4 +1,4 @@
-"""Bad input and damaged files (issue 14): one clear line, exit code 2 on the command line and
+"""Bad input and damaged files: one clear line, exit code 2 on the command line and
 ValueError or FileNotFoundError (OSError where the file system refuses) from the API; nothing
 runs before the config is checked, and no broken run is ever kept as finished.
 
@@ -445,3 +445,14 @@ def test_random_last_pt_through_the_command_line(tmp_path, capsys, runs):
 
     check()
     print_tried(capsys, "last.pt files", len(tried))
+
+
+def test_a_cam_resolution_larger_than_the_maps_stops_before_the_teacher_trains(tmp_path, capsys):
+    from catkd.__main__ import main
+
+    assert main(["train", *tiny(tmp_path, "method=catkd", "teacher.model=resnet14",
+                                "loss.resolution=9")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "resolution must be an int in 1..2" in error
+    assert error.count("\n") == 1  # one line
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()], "nothing trained"

@@ -3,7 +3,7 @@ authors' fork (GzyAftermath/CAT-KD) compute, and the settings every CIFAR-100 co
 from them.
 
 Each test would have caught one departure that a step-by-step comparison with the reference
-found (issue 15): OFD's teacher in eval mode, a CAT-KD student with a classifier bias, OFD's
+found: OFD's teacher in eval mode, a CAT-KD student with a classifier bias, OFD's
 margins in float32, DKD's beta for ResNet50 -> MobileNetV2. Expected values are computed here
 independently: BatchNorm's update by its formula and on an untouched copy of the teacher, CAMs
 from the features and the classifier weights, margins with ``math.erfc`` in double precision,
@@ -17,28 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from catkd import config, losses, methods, models
+from catkd import config, losses, methods
+from tests.test_methods import NUM_CLASSES, make_models  # non-trivial BatchNorms and biases
 
-NUM_CLASSES = 5
 TEACHER_METHODS = [name for name in methods.names() if methods.needs_teacher(name)]
 TRAIN_LABELS = torch.arange(12) % NUM_CLASSES  # a tiny training set, for CRD's memories
 SMALL = {"crd": {"negatives": 5}}
-
-
-def make_models() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A resnet8 student and a resnet14 teacher with non-trivial BatchNorm statistics and
-    classifier biases, so that a statistic left unchanged or a bias left in shows."""
-    torch.manual_seed(0)
-    student = models.create("resnet8", num_classes=NUM_CLASSES)
-    teacher = models.create("resnet14", num_classes=NUM_CLASSES)
-    for model in (student, teacher):
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.uniform_(-0.2, 0.2)
-            elif name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-        torch.nn.init.uniform_(model.fc.bias, -1.0, 1.0)
-    return student, teacher
 
 
 def make_method(name: str, student: torch.nn.Module, teacher: torch.nn.Module) -> methods.Method:
@@ -63,7 +47,7 @@ def buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------ 1. OFD's teacher
 def test_ofd_moves_the_teacher_s_batchnorm_statistics_as_a_train_mode_teacher_would():
-    student, teacher = make_models()
+    student, teacher = make_models(in_channels=3)
     untouched = copy.deepcopy(teacher)
     method = make_method("ofd", student, teacher).train()
     images, labels, _ = batch()
@@ -94,7 +78,7 @@ def test_ofd_moves_the_teacher_s_batchnorm_statistics_as_a_train_mode_teacher_wo
 
 
 def test_ofd_evaluates_with_an_eval_mode_teacher():
-    student, teacher = make_models()
+    student, teacher = make_models(in_channels=3)
     method = make_method("ofd", student, teacher)
     method.train()
     method.eval()
@@ -107,7 +91,7 @@ def test_ofd_evaluates_with_an_eval_mode_teacher():
 
 @pytest.mark.parametrize("name", TEACHER_METHODS)
 def test_only_ofd_trains_with_a_train_mode_teacher(name):
-    student, teacher = make_models()
+    student, teacher = make_models(in_channels=3)
     method = make_method(name, student, teacher).train()
     assert student.training
     assert {module.training for module in teacher.modules()} == {name == "ofd"}
@@ -122,7 +106,7 @@ def test_only_ofd_trains_with_a_train_mode_teacher(name):
 # ------------------------------------------------------------ 2. the CAT-KD student's bias
 @pytest.mark.parametrize("name", ["cat", "catkd"])
 def test_the_cat_student_s_logits_are_gap_of_its_cams_without_a_bias(name):
-    student, teacher = make_models()
+    student, teacher = make_models(in_channels=3)
     teacher_bias = teacher.fc.bias.clone()
     method = make_method(name, student, teacher).train()
     bias = student.fc.bias

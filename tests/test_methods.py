@@ -20,10 +20,10 @@ TERMS = {
 }
 
 
-def make_models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+def make_models(seed: int = 0, in_channels: int = 1) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
-    student = models.create("resnet8", num_classes=NUM_CLASSES, in_channels=1)
-    teacher = models.create("resnet14", num_classes=NUM_CLASSES, in_channels=1)
+    student = models.create("resnet8", num_classes=NUM_CLASSES, in_channels=in_channels)
+    teacher = models.create("resnet14", num_classes=NUM_CLASSES, in_channels=in_channels)
     # Non-trivial BN statistics and classifier bias, so that a teacher forward in training mode,
     # or CAMs that included the bias, would give different numbers.
     for model in (student, teacher):

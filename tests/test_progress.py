@@ -2,10 +2,9 @@
 notebook kernel, nothing when quiet; the command line prints a run's result once."""
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
-from catkd import progress, sweep, train
+from catkd import progress, train
 from tests.test_train import tiny
 
 

@@ -245,17 +245,27 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-def test_parallel_index_jobs_and_a_sequential_sweep_give_the_same_report(tmp_path):
-    """Two processes each run half of the indices (both need the same teacher: one trains it,
-    the other waits for it), then one sequential sweep runs everything into another folder."""
-    path = write_sweep(tmp_path, """
+# Three runs on digits that share a teacher, in float32 (equal numbers across processes).
+TINY_SWEEP = """
 title: tiny
 configs: [QUICK/ce.yaml, QUICK/kd.yaml, QUICK/catkd.yaml]
 seeds: [0]
 overrides: [data.dataset=digits, optim.epochs=1, teacher.epochs=1, runtime.bf16=false]
 rows: method
 columns: pair
-""")
+"""
+
+
+def tiny_table(path, out):
+    """The sweep's cells as (row, column, best, last), read from run folder ``out``."""
+    return [(cell.row, cell.column, cell.best, cell.last)
+            for cell in report.cells(sweep.load(path, [f"out={out}"]))]
+
+
+def test_parallel_index_jobs_and_a_sequential_sweep_give_the_same_report(tmp_path):
+    """Two processes each run half of the indices (both need the same teacher: one trains it,
+    the other waits for it), then one sequential sweep runs everything into another folder."""
+    path = write_sweep(tmp_path, TINY_SWEEP)
     parallel, sequential = tmp_path / "parallel", tmp_path / "sequential"
     listing = finish(cli("sweep", path, "--list", f"out={parallel}")).splitlines()
     assert len(listing) == 3 and all("\tmissing\tpython -m catkd train" in line
@@ -274,12 +284,8 @@ columns: pair
     assert all("\tfinished\t" in line for line in
                finish(cli("sweep", path, "--list", f"out={parallel}")).splitlines())
 
-    def table(out):
-        return [(cell.row, cell.column, cell.best, cell.last)
-                for cell in report.cells(sweep.load(path, [f"out={out}"]))]
-
-    assert table(parallel) == table(sequential)
-    assert all(len(best) == 1 for _, _, best, _ in table(parallel))
+    assert tiny_table(path, parallel) == tiny_table(path, sequential)
+    assert all(len(best) == 1 for _, _, best, _ in tiny_table(path, parallel))
     printed = finish(cli("report", path, "--set", f"out={parallel}", "--out", tmp_path / "rep"))
     assert "| catkd |" in printed and (tmp_path / "rep" / "table.csv").is_file()
 
@@ -300,26 +306,15 @@ columns: pair
 def test_worker_processes_train_a_sweep_as_one_process_does(tmp_path):
     """--jobs 2: the teacher first, then the students, in two one-thread workers; the same
     runs and numbers as a sequential one-thread sweep."""
-    path = write_sweep(tmp_path, """
-title: tiny
-configs: [QUICK/ce.yaml, QUICK/kd.yaml, QUICK/catkd.yaml]
-seeds: [0]
-overrides: [data.dataset=digits, optim.epochs=1, teacher.epochs=1, runtime.bf16=false]
-rows: method
-columns: pair
-""")
+    path = write_sweep(tmp_path, TINY_SWEEP)
     workers, sequential = tmp_path / "workers", tmp_path / "sequential"
     printed = finish(cli("sweep", path, "--jobs", "2", f"out={workers}"))
     assert printed.index("finished: " + str(workers / "ce_resnet20")) < printed.index(
         "finished: " + str(workers / "kd_")), "the teacher trains before its students"
     finish(cli("sweep", path, f"out={sequential}"))
 
-    def table(out):
-        return [(cell.row, cell.column, cell.best, cell.last)
-                for cell in report.cells(sweep.load(path, [f"out={out}"]))]
-
-    assert table(workers) == table(sequential) and all(len(best) == 1
-                                                       for _, _, best, _ in table(workers))
+    assert tiny_table(path, workers) == tiny_table(path, sequential)
+    assert all(len(best) == 1 for _, _, best, _ in tiny_table(path, workers))
     assert len(list(workers.glob("ce_resnet20_*"))) == 1
     with pytest.raises(ValueError, match="jobs must be a positive number"):
         sweep.run(sweep.load(path, [f"out={workers}"]), jobs=0)
