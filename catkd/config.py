@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,  # torch.compile the step: false, true or a mode (reduce-overhead: +CUDA graphs)
         "deterministic": False,  # deterministic algorithms (slower on GPU)
         "workers": 8,  # DataLoader workers for folder datasets (ImageNet)
+        # CPU threads of the run; auto: torch's default (the cores). A CPU run's numbers depend
+        # on its thread count (the order of its sums), so a recipe pins it to make them repeat.
+        "threads": "auto",
     },
 }
 
@@ -72,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
 # run's identity. runtime.bf16 stays in, as the precision it resolves to on this machine: bf16
 # arithmetic gives different numbers, so an fp32 run is never taken for a bf16 one.
 EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "runtime.compile",
-                  "runtime.deterministic", "runtime.workers")
+                  "runtime.deterministic", "runtime.workers", "runtime.threads")
 SCHEDULES = ("step", "onecycle")
 # runtime.compile: false, true (torch's default mode) or one of these torch.compile modes.
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -127,6 +130,8 @@ VALID: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: _is_integer(v) and 0 <= v < 2**32, "an integer in 0..2**32-1"),
     "runtime.deterministic": (lambda v: isinstance(v, bool), "true or false"),
     "runtime.workers": (lambda v: _is_integer(v) and v >= 0, "a non-negative integer"),
+    "runtime.threads": (lambda v: v == "auto" or _is_integer(v) and v >= 1,
+                        "auto or a positive integer"),
 }
 
 

@@ -392,11 +392,25 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
         with _claim(path, rank == 0, progress.say):
             if dist.is_initialized():
                 dist.barrier()
-            run = finished_run(path, config) or _train(config, path, rank, world_size, quiet,
-                                                       progress)
+            with _threads(config["runtime"]["threads"]):
+                run = finished_run(path, config) or _train(config, path, rank, world_size,
+                                                           quiet, progress)
     progress.say(f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
                  f"last {run.summary['last_acc']:.2f}%: {run.path}")
     return run
+
+
+@contextlib.contextmanager
+def _threads(threads: int | str) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads ("auto": as many as the process has), then
+    give the process its own number back (a notebook kernel goes on with all its cores)."""
+    before = torch.get_num_threads()
+    if threads != "auto":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
