@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from catkd import data, methods, models
 from catkd import device as devices
-from catkd.train import compiled, evaluate, train_epoch
+from catkd.train import StepState, compiled, evaluate, train_epoch
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 PAPER_EPOCHS = 240
@@ -107,18 +107,18 @@ def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                                 momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10**9])
-    step = compiled(method, compile_step)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    state = StepState(compiled(method, compile_step), method, optimizer, schedule, device,
+                      bf16=bf16, memory_format=memory_format)
     # For every contestant, as the engine (catkd.train) and the authors' code set it.
     torch.backends.cudnn.benchmark = True
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
 
     def run(num_steps: int) -> float:
         batches = itertools.islice(iter(loader), num_steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        train_epoch(step, method, batches, optimizer, schedule, 0, device, bf16, memory_format,
-                    "step")
+        train_epoch(state, batches, 0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started

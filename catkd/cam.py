@@ -33,14 +33,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import matplotlib
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 __all__ = ["CAMModel", "convert", "class_activation_maps", "grad_cam", "grad_cam_from_cams",
-           "upsample", "overlay"]
+           "upsample"]
 
 HEAD_NEEDED = (
     "catkd.cam.convert needs a classifier whose head is global average pooling followed by "
@@ -262,24 +260,3 @@ def upsample(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if cams.dim() != 4:
         raise ValueError(f"upsample expects CAMs of shape (N, K, h, w), got {tuple(cams.shape)}")
     return F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
-
-
-def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5,
-            colormap: str = "jet") -> np.ndarray:
-    """Blend one CAM over one image for display.
-
-    image: (C, H, W) with C in {1, 3} and values in [0, 1]. cam: (h, w), any range; it is
-    upsampled to H x W and min-max scaled to [0, 1]. Returns an (H, W, 3) float array in
-    [0, 1], ready for ``plt.imshow``.
-    """
-    if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"overlay expects an image of shape (1 or 3, H, W), got "
-                         f"{tuple(image.shape)}")
-    if cam.dim() != 2:
-        raise ValueError(f"overlay expects one CAM of shape (h, w), got {tuple(cam.shape)}")
-    height, width = image.shape[1:]
-    heat = upsample(cam[None, None].float(), (height, width))[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
-    colored = matplotlib.colormaps[colormap](heat.detach().cpu().numpy())[..., :3]
-    rgb = image.detach().float().cpu().expand(3, height, width).permute(1, 2, 0).numpy()
-    return np.clip((1 - alpha) * rgb + alpha * colored, 0.0, 1.0)

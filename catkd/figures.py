@@ -25,18 +25,41 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from catkd import cam, data
+from catkd import data
+from catkd.cam import upsample
 
-__all__ = ["pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer",
+__all__ = ["overlay", "pick", "batched", "logit_check", "cam_grid", "cam_view", "cam_explorer",
            "accuracy_bars", "localisation_grid", "seed_bars", "table_bars", "table_lines",
            "cost_accuracy"]
 
 Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5,
+            colormap: str = "jet") -> np.ndarray:
+    """Blend one CAM over one image for display.
+
+    image: (C, H, W) with C in {1, 3} and values in [0, 1]. cam_map: (h, w), any range; it is
+    upsampled to H x W and min-max scaled to [0, 1]. Returns an (H, W, 3) float array in
+    [0, 1], ready for ``plt.imshow``.
+    """
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"overlay expects an image of shape (1 or 3, H, W), got "
+                         f"{tuple(image.shape)}")
+    if cam_map.dim() != 2:
+        raise ValueError(f"overlay expects one CAM of shape (h, w), got {tuple(cam_map.shape)}")
+    height, width = image.shape[1:]
+    heat = upsample(cam_map[None, None].float(), (height, width))[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+    colored = matplotlib.colormaps[colormap](heat.detach().cpu().numpy())[..., :3]
+    rgb = image.detach().float().cpu().expand(3, height, width).permute(1, 2, 0).numpy()
+    return np.clip((1 - alpha) * rgb + alpha * colored, 0.0, 1.0)
 
 
 def pick(dataset: data.ImageDataset, indices: Sequence[int] | torch.Tensor,
@@ -159,7 +182,7 @@ def cam_grid(pixels: torch.Tensor, outputs: Outputs, classes: torch.Tensor,
                     row[0].set_title(f"label: {class_names[int(labels[i])]}", fontsize=8)
             row[0].axis("off")
             for j, cls in enumerate(classes[i].tolist()):
-                row[j + 1].imshow(cam.overlay(pixels[i], cams[i, cls].detach().cpu()))
+                row[j + 1].imshow(overlay(pixels[i], cams[i, cls].detach().cpu()))
                 row[j + 1].set_title(f"{class_names[cls]}: {probabilities[name][i, cls]:.2f}",
                                      fontsize=8)
                 _hide_frame(row[j + 1])
@@ -192,7 +215,7 @@ def cam_view(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[str],
     axes[0].set_title(title, fontsize=9)
     axes[0].axis("off")
     for axis, name in zip(axes[1:], names):
-        axis.imshow(cam.overlay(pixels[image], outputs[name][1][image, cls].detach().cpu()))
+        axis.imshow(overlay(pixels[image], outputs[name][1][image, cls].detach().cpu()))
         top = int(probabilities[name][image].argmax())
         probability = probabilities[name][image, cls]
         axis.set_title(f"{name}: CAM of {class_names[cls]}\np = {probability:.2f} "
@@ -291,7 +314,7 @@ def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor,
         axes[i, 0].axis("off")
         outline = masks[i].detach().cpu().float().numpy()
         for axis, (name, model_maps) in zip(axes[i, 1:], maps.items()):
-            axis.imshow(cam.overlay(pixels[i], model_maps[i].detach().cpu()))
+            axis.imshow(overlay(pixels[i], model_maps[i].detach().cpu()))
             axis.contour(outline, levels=[0.5], colors="white", linewidths=0.8)
             if i == 0:
                 axis.set_title(name, fontsize=9)

@@ -17,7 +17,7 @@ device, a batch size or a number of classes K. Half-precision inputs are compute
 """
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def _kl_per_batch(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tens
     return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
 
 
-def _parse_classes(classes, cams_shape: torch.Size) -> Optional[Tuple[str, int]]:
+def _parse_classes(classes, cams_shape: torch.Size) -> tuple[str, int] | None:
     # Lists are accepted too, because YAML configs give lists, not tuples.
     if classes is None:
         return None
@@ -73,9 +73,9 @@ def cat_loss(
     student_cams: torch.Tensor,
     teacher_cams: torch.Tensor,
     resolution: int = 2,
-    normalize: Optional[str] = "l2",
-    binarize: Optional[str] = None,
-    classes: Optional[Tuple[str, int]] = None,
+    normalize: str | None = "l2",
+    binarize: str | None = None,
+    classes: tuple[str, int] | None = None,
 ) -> torch.Tensor:
     """Class attention transfer loss: the paper's Eq. 5 divided by r^2, averaged over the batch.
 
@@ -164,7 +164,7 @@ def kd_loss(
 
 def _binary_and_other_log_probs(
     logits: torch.Tensor, targets: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split (N, K) logits at the (N,) target classes.
 
     Returns the (N, 2) log-probabilities of (target, any non-target) and the (N, K-1)
@@ -225,7 +225,7 @@ def _attention_map(features: torch.Tensor, p: float) -> torch.Tensor:
 def at_loss(
     student_features: Sequence[torch.Tensor],
     teacher_features: Sequence[torch.Tensor],
-    p: Union[int, float] = 2,
+    p: int | float = 2,
 ) -> torch.Tensor:
     """Attention transfer, summed over stages.
 

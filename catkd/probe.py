@@ -18,7 +18,7 @@ from torch import nn
 
 from catkd import data
 from catkd.progress import bar
-from catkd.train import Run, atomic_save
+from catkd.runs import Run, atomic_save
 
 RECIPE = {"epochs": 40, "batch_size": 128, "lr": 0.1, "milestones": [10, 20, 30], "gamma": 0.1,
           "momentum": 0.9, "weight_decay": 0.0}

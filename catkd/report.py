@@ -16,10 +16,13 @@ import statistics
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from catkd import probe, train
-from catkd.sweep import Experiment, Sweep
+from catkd import probe
+from catkd.runs import Run, finished_run
+
+if TYPE_CHECKING:  # a report reads runs; it never trains, so it needs no sweep machinery
+    from catkd.sweep import Experiment, Sweep
 
 CSV_FIELDS = ("row", "column", "runs", "finished", "best_mean", "best_std", "last_mean",
               "last_std", "paper", "difference", "problems")
@@ -71,12 +74,12 @@ def label(config: dict, key: str) -> str:
     return str(value)
 
 
-def status(experiment: Experiment) -> tuple[train.Run | None, str | None]:
+def status(experiment: Experiment) -> tuple[Run | None, str | None]:
     """(the finished run, None) or (None, what is wrong: missing, unfinished, foreign...)."""
     if not experiment.path.exists():
         return None, "missing"
     try:
-        run = train.finished_run(experiment.path, experiment.config)
+        run = finished_run(experiment.path, experiment.config)
     except ValueError as error:
         return None, str(error)
     return (run, None) if run is not None else (None, "unfinished")
@@ -91,22 +94,22 @@ def _columns_of(experiment: Experiment, sweep: Sweep, pair_columns: list[str]) -
     return [column]
 
 
-Measure = Callable[[train.Run], tuple[float, float] | None]
+Measure = Callable[[Run], tuple[float, float] | None]
 
 
-def final_accuracy(run: train.Run) -> tuple[float, float]:
+def final_accuracy(run: Run) -> tuple[float, float]:
     """The run's (best-epoch, last-epoch) top-1 test accuracy, %."""
     return run.summary["best_acc"], run.summary["last_acc"]
 
 
-def top5_accuracy(run: train.Run) -> tuple[float, float]:
+def top5_accuracy(run: Run) -> tuple[float, float]:
     """The run's top-5 test accuracy (%) at its best (top-1) epoch and at its last epoch."""
     best_epoch = run.summary["best_epoch"]
     at_best = next(row for row in run.metrics() if row["epoch"] == best_epoch)
     return at_best["test_top5"], run.summary["last_top5"]
 
 
-def _probe_accuracy(run: train.Run, dataset: str) -> tuple[float, float] | None:
+def _probe_accuracy(run: Run, dataset: str) -> tuple[float, float] | None:
     summary = probe.probed(run, dataset)
     return None if summary is None else (summary["best_acc"], summary["last_acc"])
 

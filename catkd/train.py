@@ -2,14 +2,7 @@
 
 One loop serves every method (``catkd.methods``): the method turns a batch into named loss
 terms, the loop sums and optimises them, evaluates the student every epoch and writes the run
-folder:
-
-    runs/<name>/config.yaml      the resolved config
-    runs/<name>/environment.json versions, device, world size
-    runs/<name>/metrics.jsonl    one line per epoch: lr, each loss term, train/test accuracy
-    runs/<name>/last.pt          the full resume state, written atomically every epoch
-    runs/<name>/best.pt          {"model": state_dict} of the best epoch
-    runs/<name>/summary.json     best_acc, last_acc, epochs, seconds, ... (when finished)
+folder (its files: ``catkd.runs``).
 
 A run folder is identified by its config: ``fit`` on a config whose folder holds a finished
 run returns it without training; an unfinished one is resumed from ``last.pt``; a folder made
@@ -26,7 +19,6 @@ writes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -36,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -48,53 +40,18 @@ from catkd import __version__, config as configs, data, methods, models
 from catkd import device as devices
 from catkd.models.checkpoint import read_checkpoint
 from catkd.progress import RunProgress
+from catkd.runs import (BEST, CONFIG, ENVIRONMENT, LAST, METRICS, SUMMARY, Run, atomic_save,
+                        build_student, claim, finished_run, read_metrics)
 
-SUMMARY = "summary.json"
-LAST = "last.pt"
-BEST = "best.pt"
-# The accuracies a finished run's summary holds, finite numbers (what a report reads).
-SUMMARY_ACCURACIES = ("best_acc", "last_acc")
+# catkd.plan still calls train.datasets (to become data.datasets there).
+datasets = data.datasets
+
 # The resume state in last.pt.
 RESUME_KEYS = ("model", "extras", "optimizer", "schedule", "epoch", "best_acc", "best_epoch",
                "seconds", "evaluation", "rng")
 # The entries of a learning-rate schedule's state that the recipe fixes (the others are its
 # progress): a resume state whose entries differ comes from another run.
 SCHEDULE_RECIPE = ("milestones", "gamma", "total_steps", "base_lrs")
-
-
-@dataclass
-class Run:
-    """A finished run: its folder, resolved config and summary."""
-
-    path: Path
-    config: dict
-    summary: dict
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> "Run":
-        path = Path(path)
-        if not (path / SUMMARY).is_file():
-            raise FileNotFoundError(f"{path} holds no finished run (no {SUMMARY})")
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
-            raise ValueError(f"{path / SUMMARY} is not JSON ({error})") from error
-        for key in SUMMARY_ACCURACIES:
-            value = summary.get(key) if isinstance(summary, dict) else None
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"{path / SUMMARY} has {key} {value!r}, not a finite number")
-        return cls(path, configs.load_file(path / "config.yaml"), summary)
-
-    def metrics(self) -> list[dict]:
-        """The per-epoch metrics, one dict per epoch."""
-        return _read_metrics(self.path / "metrics.jsonl")
-
-    def model(self, which: str = "last") -> nn.Module:
-        """The trained student ("last" or "best" epoch), on the CPU, in eval mode."""
-        shape = (self.summary["num_classes"], self.summary["in_channels"])
-        student = build_student(self.config, shape)
-        checkpoint = self.path / (LAST if which == "last" else BEST)
-        return models.load_checkpoint(student, checkpoint).eval()
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -153,19 +110,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
     return {
         "catkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -177,24 +121,7 @@ def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- data and models
-
-def datasets(config: dict) -> tuple[data.ImageDataset, data.ImageDataset]:
-    """The (training, test) sets of a config, its reductions applied to the training set."""
-    spec = config["data"]
-    train_set = data.load(spec["dataset"], "train", spec["root"])
-    test_set = data.load(spec["dataset"], "test", spec["root"])
-    if spec["classes"] is not None:
-        train_set = data.keep_classes(train_set, spec["classes"])
-    if spec["fraction"] < 1:
-        train_set = data.keep_fraction(train_set, spec["fraction"], seed=config["seed"])
-    return train_set, test_set
-
-
-def build_student(config: dict, shape: tuple[int, int]) -> nn.Module:
-    num_classes, in_channels = shape
-    return models.create(config["student"], num_classes=num_classes, in_channels=in_channels)
-
+# --------------------------------------------------------------------------- teachers
 
 def teacher_config(config: dict) -> dict:
     """The config that trains the teacher a distillation config asks for.
@@ -305,59 +232,59 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
             "per_class": per_class.tolist()}
 
 
-def _loaders(config: dict, train_set, test_set, device, rank: int, world_size: int,
-             sample_indices: bool = False):
-    """The training and test loaders of this process: ``data.batch_size`` is the batch of one
-    step over all processes (the recipe's), so each of the ``world_size`` gets its share."""
-    spec, runtime = config["data"], config["runtime"]
-    if spec["batch_size"] % world_size:
-        raise ValueError(f"data.batch_size {spec['batch_size']} is the batch of one step over all "
-                         f"{world_size} processes: make it a multiple of {world_size}")
-    batch_size = spec["batch_size"] // world_size
-    if spec["dataset"] == "imagenet":
-        return tuple(data.imagenet_loader(split, batch_size, spec["root"],
-                                          runtime["workers"], rank, world_size, config["seed"],
-                                          sample_indices and split == "train")
-                     for split in ("train", "test"))
-    common = dict(batch_size=batch_size, device=device, seed=config["seed"],
-                  rank=rank, world_size=world_size, channels_last=runtime["channels_last"])
-    train_loader = data.BatchLoader(train_set, train=True, crop_padding=spec["crop_padding"],
-                                    flip=spec["flip"], sample_indices=sample_indices, **common)
-    test_loader = data.BatchLoader(test_set, train=False, **common)
-    return train_loader, test_loader
+@dataclass
+class StepState:
+    """What a training step needs besides its batch.
+
+    step: the method as it is called, possibly wrapped (DDP, torch.compile): (images, labels,
+        epoch[, indices]) -> (logits, {term: loss}).
+    method: the method itself (the wrappers are not modules of their own state).
+    schedule_every_batch: the schedule steps after every batch (one-cycle), not every epoch.
+    bf16: autocast to bfloat16; memory_format: that of the images moved to ``device``.
+    """
+
+    step: nn.Module
+    method: methods.Method
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    schedule_every_batch: bool = False
+    bf16: bool = False
+    memory_format: torch.memory_format = torch.preserve_format
 
 
 @torch.enable_grad()  # fit may be called under no_grad (a notebook cell, an evaluation helper)
-def train_epoch(step: nn.Module, method: methods.Method, batches: Iterable, optimizer, schedule,
-                 epoch: int, device: torch.device, bf16: bool,
-                 memory_format: torch.memory_format, schedule_kind: str) -> dict:
-    """One pass over ``batches`` (a loader's, or any iterable of them); returns each loss term's mean ("loss_<term>"), their sum
-    ("loss") and the training accuracy, averaged over every rank's samples.
+def train_epoch(state: StepState, batches: Iterable, epoch: int) -> dict:
+    """One pass over ``batches`` (a loader's, or any iterable of them); returns each loss term's
+    mean ("loss_<term>"), their sum ("loss") and the training accuracy, averaged over every
+    rank's samples.
 
-    A batch is ``(images, labels)``, or ``(images, labels, indices)`` from a loader made with
-    ``sample_indices=True`` for a method that ``needs_sample_indices``: the indices are passed
-    on to the method as its fourth argument."""
-    method.train()
+    A batch is ``(images, labels)``: float32 (B, C, H, W) and int64 (B,); or ``(images, labels,
+    indices)``, int64 (B,) indices, from a loader made with ``sample_indices=True`` for a method
+    that ``needs_sample_indices``: the indices are passed on to the method as its fourth
+    argument."""
+    device, optimizer, schedule = state.device, state.optimizer, state.schedule
+    state.method.train()
     totals: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = 0
     for images, labels, *indices in batches:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        images = images.to(device, non_blocking=True, memory_format=state.memory_format)
         labels = labels.to(device, non_blocking=True)
         indices = [index.to(device, non_blocking=True) for index in indices]
-        with _autocast(device, bf16):
-            logits, losses = step(images, labels, epoch, *indices)
+        with _autocast(device, state.bf16):
+            logits, losses = state.step(images, labels, epoch, *indices)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
-        if schedule_kind == "onecycle":
+        if state.schedule_every_batch:
             schedule.step()
         # Summed on the device: no synchronisation per batch.
         for term, value in losses.items():
             totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen += len(labels)
-    if schedule_kind == "step":
+    if not state.schedule_every_batch:
         schedule.step()
     sums = _all_reduce(torch.stack([*totals.values(), correct,
                                     torch.tensor(float(seen), device=device)])).tolist()
@@ -389,7 +316,7 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
     if run is None:
         # Under DDP rank 0 claims the folder for the job; the barrier keeps the other ranks
         # from looking at it before rank 0 holds the claim.
-        with _claim(path, rank == 0, progress.say):
+        with claim(path, rank == 0, progress.say):
             if dist.is_initialized():
                 dist.barrier()
             with _threads(config["runtime"]["threads"]):
@@ -413,31 +340,6 @@ def _threads(threads: int | str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
-def _claim(path: Path, lock: bool, log) -> Iterator[None]:
-    """Hold an exclusive lock on run folder ``path`` (a file beside it) for the block.
-
-    A second process that reaches the same run waits here, then finds it finished (or resumes
-    it if the first one died: the operating system releases the lock of a killed process).
-    """
-    if not lock:
-        yield
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path.parent / f".{path.name}.lock", "a")  # "a": never truncated
-    except OSError as error:
-        raise OSError(f"cannot write the run folder {path} ({error.strerror}): set out= to a "
-                      f"folder you can write to") from error
-    with lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for the process that is training {path}")
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield
-
-
 def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
            progress: RunProgress) -> Run:
     """The training loop of ``fit``, for a run folder that holds no finished run."""
@@ -448,35 +350,31 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
                       f"emulated, about 10x slower than float32 (runtime.bf16=auto chooses)",
                       stacklevel=3)
 
-    if config["data"]["dataset"] == "imagenet":
-        train_set, test_set, shape = None, None, (1000, 3)
-    else:
-        train_set, test_set = datasets(config)
-        shape = (test_set.num_classes, test_set.in_channels)
-        _dry_step(config, shape, test_set.image_size, train_set.labels)
+    loaders = data.loaders(config, device, rank, world_size,
+                           methods.needs_sample_indices(config["method"]))
+    shape = (loaders.num_classes, loaders.in_channels)
+    _dry_step(config, shape, loaders.image_size, loaders.train_labels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
-    train_loader, test_loader = _loaders(config, train_set, test_set, device, rank, world_size,
-                                         methods.needs_sample_indices(config["method"]))
-    train_labels = (train_set.labels if train_set is not None
-                    else torch.as_tensor(train_loader.dataset.targets))
     # Seeded after the teacher so that the student's initialisation does not depend on whether
     # the teacher was trained in this process or loaded.
     _seed_everything(config["seed"], runtime["deterministic"])
     student = build_student(config, shape)
-    method = methods.create(config["method"], student, teacher, train_labels=train_labels,
+    method = methods.create(config["method"], student, teacher, train_labels=loaders.train_labels,
                             **config["loss"]).to(device)
     memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
     trainable = [p for p in method.parameters() if p.requires_grad]
-    optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(train_loader))
+    optimizer, schedule = _optimizer_and_schedule(trainable, config["optim"], len(loaders.train))
     step = method
     if world_size > 1:
         # static_graph: the same parameters are used every step.
         step = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             static_graph=True)
-    step = compiled(step, runtime["compile"])
+    step_state = StepState(compiled(step, runtime["compile"]), method, optimizer, schedule, device,
+                           config["optim"]["schedule"] == "onecycle", runtime["bf16"],
+                           memory_format)
 
     start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
     if (path / LAST).is_file():
@@ -496,22 +394,20 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
         progress.say(f"resuming {path} after epoch {start_epoch}")
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.yaml").write_text(configs.dump(config))
-        (path / "environment.json").write_text(json.dumps(
+        (path / CONFIG).write_text(configs.dump(config))
+        (path / ENVIRONMENT).write_text(json.dumps(
             _environment(device, world_size, runtime), indent=1))
         # Epochs after the last checkpoint were lost with the process that ran them.
-        kept = [row for row in _read_metrics(path / "metrics.jsonl") if row["epoch"] <= start_epoch]
-        (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+        kept = [row for row in read_metrics(path / METRICS) if row["epoch"] <= start_epoch]
+        (path / METRICS).write_text("".join(json.dumps(row) + "\n" for row in kept))
     progress.say(f"run folder: {path}")
 
     epochs = config["optim"]["epochs"]
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        train_loader.set_epoch(epoch)
+        loaders.train.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        averages = train_epoch(step, method, progress.steps(train_loader, epoch), optimizer,
-                               schedule, epoch, device, runtime["bf16"], memory_format,
-                               config["optim"]["schedule"])
+        averages = train_epoch(step_state, progress.steps(loaders.train, epoch), epoch)
         # Checked once per epoch, on the sums train_epoch already brought to the CPU, so that no
         # step waits for the device; the epoch is neither saved nor written to the metrics.
         diverged = {term: value for term, value in averages.items()
@@ -522,7 +418,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
                                f"{epoch + 1}; the run stopped, unfinished, and kept nothing of "
                                f"that epoch: lower optim.lr or check the loss settings")
         _share_rank_0_buffers(student)
-        evaluation = evaluate(student, test_loader, shape[0], device, runtime["bf16"])
+        evaluation = evaluate(student, loaders.test, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **averages, "test_acc": evaluation["top1"],
                "test_top5": evaluation["top5"], "seconds": time.perf_counter() - started}
@@ -531,7 +427,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
             if rank == 0:
                 atomic_save({"model": student.state_dict(), "epoch": epoch + 1}, path / BEST)
         if rank == 0:
-            with open(path / "metrics.jsonl", "a") as metrics_file:
+            with open(path / METRICS, "a") as metrics_file:
                 metrics_file.write(json.dumps(row) + "\n")
             atomic_save({"model": student.state_dict(), "extras": method.extra_state_dict(),
                           "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -545,7 +441,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
                "last_top5": evaluation["top5"], "epochs": epochs, "seconds": seconds,
                "per_class_acc": evaluation["per_class"],
                "num_classes": shape[0], "in_channels": shape[1],
-               "image_size": test_set.image_size if test_set else 224,
+               "image_size": loaders.image_size,
                "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "extra_parameters": method.extra_parameter_count()}
@@ -596,27 +492,3 @@ def _resume_state(file: Path, config: dict, schedule, device: torch.device) -> d
     else:
         return state
     raise ValueError(f"{file} is not this run's resume state ({problem}); {_restart(file)}")
-
-
-def finished_run(path: Path, config: dict) -> Run | None:
-    """The finished run of ``config`` in folder ``path``, or None if it has not finished (or
-    not started). A folder made by another config, or one whose files cannot be read, is a
-    ValueError: it is never silently used or overwritten."""
-    if not (path / "config.yaml").is_file():
-        return None
-    try:
-        existing = configs.load_file(path / "config.yaml")
-        same = configs.identity(configs.resolve(existing)) == configs.identity(config)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({path / 'config.yaml'}: {error}); move it away "
-                         f"to train this run again") from error
-    if not same:
-        raise ValueError(f"{path} holds a run of a different config; choose another name or "
-                         f"out folder (its config: {path / 'config.yaml'})")
-    if not (path / SUMMARY).is_file():
-        return None
-    try:
-        return Run.open(path)
-    except ValueError as error:
-        raise ValueError(f"{path} is corrupt ({error}); move it away to train this run "
-                         f"again") from error

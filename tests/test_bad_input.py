@@ -23,8 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catkd import config, data, models, train
+from catkd.runs import LAST, SUMMARY
 from catkd.__main__ import main
-from tests.test_train import tiny
+from conftest import tiny
 
 # Bounded, so that the file runs in well under a minute; no example database in the project.
 FEW = settings(max_examples=40, deadline=None, database=None)
@@ -45,7 +46,7 @@ def refused(capsys, *args) -> str:
 
 
 def finished_runs(folder: Path) -> list[Path]:
-    return [summary.parent for summary in Path(folder).rglob(train.SUMMARY)]
+    return [summary.parent for summary in Path(folder).rglob(SUMMARY)]
 
 
 def print_tried(capsys, what: str, tried: int) -> None:
@@ -197,20 +198,20 @@ def unfinished_copy(run: Path, out: Path) -> Path:
     """``run`` copied into ``out`` without its summary: a run interrupted after its last.pt."""
     copy = out / run.name
     shutil.copytree(run, copy)
-    (copy / train.SUMMARY).unlink()
+    (copy / SUMMARY).unlink()
     return copy
 
 
 def test_a_damaged_last_pt_names_it_and_how_to_restart(tmp_path, capsys, runs):
     copy = unfinished_copy(runs["two"], tmp_path)
-    good = (copy / train.LAST).read_bytes()
+    good = (copy / LAST).read_bytes()
     for damaged in (b"", b"\x80\x02garbage", good[:len(good) - 100]):
-        (copy / train.LAST).write_bytes(damaged)
+        (copy / LAST).write_bytes(damaged)
         message = refused(capsys, "train", *tiny(tmp_path, "name=two"))
-        assert f"{copy / train.LAST} is damaged" in message
+        assert f"{copy / LAST} is damaged" in message
         assert "move it away" in message and "restarts from scratch" in message
         assert not finished_runs(tmp_path)
-    (copy / train.LAST).rename(copy / "last.pt.old")  # as the message says
+    (copy / LAST).rename(copy / "last.pt.old")  # as the message says
     code, _, _ = cli(capsys, "train", *tiny(tmp_path, "name=two"))
     assert code == 0 and finished_runs(tmp_path) == [copy]
 
@@ -222,10 +223,10 @@ def test_a_damaged_last_pt_names_it_and_how_to_restart(tmp_path, capsys, runs):
 ])
 def test_a_last_pt_of_another_run_is_refused(tmp_path, capsys, runs, into, source, problem):
     copy = unfinished_copy(runs[into], tmp_path)
-    shutil.copy(runs[source] / train.LAST, copy / train.LAST)
+    shutil.copy(runs[source] / LAST, copy / LAST)
     extra = ["optim.epochs=1"] if into == "one" else []
     message = refused(capsys, "train", *tiny(tmp_path, f"name={into}", *extra))
-    assert f"{copy / train.LAST} is not this run's resume state ({problem})" in message
+    assert f"{copy / LAST} is not this run's resume state ({problem})" in message
     assert not finished_runs(tmp_path)
 
 
@@ -236,7 +237,7 @@ def test_a_loss_that_becomes_nan_stops_the_run_unfinished(tmp_path, capsys):
     assert "loss_ce became nan in epoch 1" in refused(capsys, "train",
                                                       *tiny(tmp_path, "optim.lr=1.0e+10"))
     assert not finished_runs(tmp_path)
-    assert all(not (run / train.LAST).exists() for run in tmp_path.iterdir() if run.is_dir())
+    assert all(not (run / LAST).exists() for run in tmp_path.iterdir() if run.is_dir())
 
 
 @pytest.mark.parametrize("summary_change, problem", [
@@ -251,10 +252,10 @@ def test_a_summary_without_finite_accuracies_is_not_finished(tmp_path, capsys, r
     sweep_file.write_text("configs: [recipe.yaml]\nseeds: [0]\n")
     copy = tmp_path / "runs" / "two"
     shutil.copytree(runs["two"], copy)
-    summary = json.loads((copy / train.SUMMARY).read_text())
+    summary = json.loads((copy / SUMMARY).read_text())
     summary = {key: value for key, value in {**summary, **summary_change}.items()
                if value is not None}
-    (copy / train.SUMMARY).write_text(json.dumps(summary))
+    (copy / SUMMARY).write_text(json.dumps(summary))
     out = [f"out={tmp_path / 'runs'}"]
     code, listing, _ = cli(capsys, "sweep", sweep_file, "--list", *out)
     assert code == 0 and "\tfinished\t" not in listing and problem in listing
@@ -429,7 +430,7 @@ def test_random_teacher_checkpoints_through_the_command_line(tmp_path, capsys, t
 
 def test_random_last_pt_through_the_command_line(tmp_path, capsys, runs):
     tried = []
-    good = (runs["two"] / train.LAST).read_bytes()
+    good = (runs["two"] / LAST).read_bytes()
 
     # No bytes overwritten: torch does not check the zip's checksums, and a resume state altered
     # inside its record (an accuracy that is text) is not what a damaged file looks like.
@@ -439,7 +440,7 @@ def test_random_last_pt_through_the_command_line(tmp_path, capsys, runs):
         tried.append(content)
         with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
             copy = unfinished_copy(runs["two"], Path(folder))
-            (copy / train.LAST).write_bytes(content)
+            (copy / LAST).write_bytes(content)
             _command_line_outcome(capsys, Path(folder), "train",
                                   *tiny(Path(folder), "name=two"))
 

@@ -33,6 +33,8 @@ import pytest
 import yaml
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # builds the book: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,29 +1,17 @@
 """The structure revisit: converted models give the original logits and the Eq. 2 CAMs."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from catkd import cam, models
+from conftest import calibrated
 
 torch.manual_seed(0)
-
-
-def calibrated(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Give BN layers the running statistics of real data, as a trained model has them.
-
-    With the initial running statistics (mean 0, variance 1) a deep residual network's
-    activations grow exponentially with depth in eval mode, and logits of 1e6 would make an
-    absolute tolerance meaningless.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
 
 
 def check_conversion(model: nn.Module, images: torch.Tensor, classifier: nn.Linear,
@@ -162,20 +150,9 @@ def test_class_activation_maps_keeps_training_mode():
     assert not model.training
 
 
-def test_upsample_and_overlay():
+def test_upsample():
     cams = torch.arange(8.0).view(1, 2, 2, 2)
     assert cam.upsample(cams, (32, 32)).shape == (1, 2, 32, 32)
-    image = torch.zeros(1, 32, 32)  # a black grey-scale image
-    cam_map = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
-    picture = cam.overlay(image, cam_map, alpha=1.0)
-    assert picture.shape == (32, 32, 3) and picture.min() >= 0 and picture.max() <= 1
-    # The jet colormap is dark blue at 0 and dark red at 1: the hot corner is red.
-    assert picture[-1, -1, 0] > 0.4 and picture[-1, -1, 2] < 0.1
-    assert picture[0, 0, 2] > 0.4 and picture[0, 0, 0] < 0.1
-    with pytest.raises(ValueError, match=r"\(1 or 3, H, W\), got \(32, 32\)"):
-        cam.overlay(image[0], cam_map)
-    with pytest.raises(ValueError, match=r"one CAM of shape \(h, w\), got \(1, 2, 2\)"):
-        cam.overlay(image, cam_map[None])
 
 
 def test_grad_cam_by_autograd_is_the_positive_part_of_the_cam_over_its_area():
@@ -193,3 +170,11 @@ def test_grad_cam_by_autograd_is_the_positive_part_of_the_cam_over_its_area():
         torch.testing.assert_close(maps[:, cls], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(maps, cam.grad_cam_from_cams(cams), atol=1e-5, rtol=1e-4)
     assert (maps == 0).any() and (maps > 0).any()  # the ReLU matters: CAMs go negative
+
+
+def test_cam_imports_no_plotting_library():
+    # Every training run imports catkd.cam; only the figures need matplotlib.
+    command = "import sys, catkd.cam; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", command],
+                            capture_output=True, text=True, check=True).stdout
+    assert "'matplotlib'" not in loaded

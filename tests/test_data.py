@@ -16,7 +16,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from catkd import data
+from catkd import config, data
 from catkd.data import BatchLoader, ImageDataset, keep_classes, keep_fraction, load
 
 
@@ -100,7 +100,7 @@ def test_fashion_mnist_layouts_and_root_first(tmp_path, monkeypatch, layout):
 
 def test_fashion_mnist_missing_names_places(tmp_path, monkeypatch):
     hidden = tmp_path / "no-system-copy"
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", hidden)
+    monkeypatch.setattr(data.readers, "SYSTEM_FASHION_MNIST", hidden)
     root = tmp_path / "empty"
     root.mkdir()
     with pytest.raises(FileNotFoundError) as info:
@@ -490,3 +490,19 @@ def test_imagenet_loader(tmp_path):
     train = data.imagenet_loader("train", 3, root=tmp_path, workers=0)
     train.set_epoch(1)
     assert [tuple(x.shape) for x, _ in train] == [(3, 3, 224, 224)]  # incomplete batch dropped
+
+
+# ------------------------------------------------------------------------ the loaders of a config
+def test_the_loaders_of_a_config_split_the_batch_among_ddp_processes():
+    resolved = config.resolve(None, ["data.dataset=digits", "data.batch_size=32",
+                                     "data.fraction=0.5"])
+    loaders = data.loaders(resolved, "cpu", rank=1, world_size=2)
+    images, _ = next(iter(loaders.train))
+    train_set, test_set = data.datasets(resolved)
+    assert len(images) == 16 and len(loaders.train) == len(train_set) // 32  # the recipe's steps
+    assert (loaders.num_classes, loaders.in_channels, loaders.image_size) == (10, 1, 8)
+    assert torch.equal(loaders.train_labels, train_set.labels) and len(train_set) < 1437
+    assert sum(len(labels) for _, labels in loaders.test) == len(test_set) - len(test_set) // 2
+    with pytest.raises(ValueError, match="make it a multiple of 3"):
+        data.loaders(resolved, "cpu", rank=0, world_size=3)
+

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from catkd import config, device, train
-from tests.test_train import tiny
+from conftest import tiny
 
 
 @pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from catkd import config, data, losses, methods, models, train
 from catkd.methods.base import PooledRecorder, PreReLURecorder, StageRecorder
+from conftest import calibrated
 
 FEATURE_METHODS = ("fitnet", "rkd", "ofd", "crd", "reviewkd")
 TERMS = {"fitnet": {"ce", "hint"}, "rkd": {"ce", "rkd_distance", "rkd_angle"},
@@ -28,18 +29,6 @@ TRAIN_LABELS = torch.arange(12) % 4  # a 12-image training set of 4 classes, for
 SMALL = {"crd": {"negatives": 5}}  # CRD's 16384 negatives are the paper's, not a unit test's
 
 
-def calibrated(name: str, images: torch.Tensor) -> torch.nn.Module:
-    """A fresh zoo model whose BN statistics are those of ``images``: an untrained deep ResNet
-    with identity BN statistics blows its activations up, which no trained teacher does."""
-    model = models.create(name, num_classes=100)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a cumulative average: after one batch, its statistics
-    with torch.no_grad():
-        model(images)
-    return model.eval()
-
-
 def forward_args(name: str, images, labels, indices=torch.tensor([0, 5, 10])):
     return (images, labels, 0, indices) if name == "crd" else (images, labels, 0)
 
@@ -47,8 +36,8 @@ def forward_args(name: str, images, labels, indices=torch.tensor([0, 5, 10])):
 def build(name: str, teacher: str, student: str, images: torch.Tensor) -> methods.Method:
     torch.manual_seed(0)
     return methods.create(name, models.create(student, num_classes=100),
-                          calibrated(teacher, images), train_labels=TRAIN_LABELS,
-                          **SMALL.get(name, {}))
+                          calibrated(models.create(teacher, num_classes=100), images),
+                          train_labels=TRAIN_LABELS, **SMALL.get(name, {}))
 
 
 # ------------------------------------------------------------------ training on every pair
@@ -333,7 +322,7 @@ def test_extra_state_round_trip(name):
     trained(*forward_args(name, images, labels))
     state = {key: value.clone() for key, value in trained.extra_state_dict().items()}
     torch.manual_seed(1)  # another initialisation of the extra modules
-    fresh = methods.create(name, models.create("resnet20"), calibrated("resnet56", images),
+    fresh = methods.create(name, models.create("resnet20"), calibrated(models.create("resnet56", num_classes=100), images),
                            train_labels=TRAIN_LABELS, **SMALL.get(name, {}))
     fresh.load_extra_state_dict(state)
     assert all(torch.equal(value, state[key]) for key, value in fresh.extra_state_dict().items())
@@ -403,3 +392,27 @@ def test_configs_resolve_for_every_pair(name):
     assert len(list((CONFIGS / "cifar100" / name).glob("*.yaml"))) == len(PAIRS)
     quick = config.resolve(CONFIGS / "quick" / f"{name}.yaml")
     assert quick["method"] == name and quick["data"]["dataset"] == "fashion-mnist"
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(module._forward_hooks) + len(module._forward_pre_hooks)
+               for module in model.modules())
+
+
+@pytest.mark.parametrize("name", ["at", "fitnet", "ofd", "reviewkd", "rkd", "crd"])
+def test_a_model_given_to_two_methods_keeps_one_set_of_hooks(name):
+    student, teacher = models.create("resnet8"), models.create("resnet20")
+    first = methods.create(name, student, teacher, train_labels=TRAIN_LABELS,
+                           **SMALL.get(name, {}))
+    hooks = _hooks(student), _hooks(teacher)
+    second = methods.create(name, student, teacher, train_labels=TRAIN_LABELS,
+                            **SMALL.get(name, {}))
+    assert (_hooks(student), _hooks(teacher)) == hooks
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    second(*forward_args(name, images, labels))  # the second method's hooks record
+    with pytest.raises(RuntimeError, match="no forward recorded"):
+        first(*forward_args(name, images, labels))
+    for recorder in vars(second).values():
+        if isinstance(recorder, (PooledRecorder, PreReLURecorder, StageRecorder)):
+            recorder.remove()
+    assert _hooks(student) == _hooks(teacher) == 0

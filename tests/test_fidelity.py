@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from catkd import config, losses, methods
-from tests.test_methods import NUM_CLASSES, make_models  # non-trivial BatchNorms and biases
+from conftest import NUM_CLASSES, make_models  # non-trivial BatchNorms and biases
 
 TEACHER_METHODS = [name for name in methods.names() if methods.needs_teacher(name)]
 TRAIN_LABELS = torch.arange(12) % NUM_CLASSES  # a tiny training set, for CRD's memories

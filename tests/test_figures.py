@@ -200,3 +200,17 @@ def test_cost_accuracy_marks_methods_with_extra_parameters():
     axis = figure.axes[0]
     assert [text.get_text() for text in axis.texts] == ["kd", "crd"]
     assert len(axis.collections) == 2
+
+
+def test_overlay():
+    image = torch.zeros(1, 32, 32)  # a black grey-scale image
+    cam_map = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
+    picture = figures.overlay(image, cam_map, alpha=1.0)
+    assert picture.shape == (32, 32, 3) and picture.min() >= 0 and picture.max() <= 1
+    # The jet colormap is dark blue at 0 and dark red at 1: the hot corner is red.
+    assert picture[-1, -1, 0] > 0.4 and picture[-1, -1, 2] < 0.1
+    assert picture[0, 0, 2] > 0.4 and picture[0, 0, 0] < 0.1
+    with pytest.raises(ValueError, match=r"\(1 or 3, H, W\), got \(32, 32\)"):
+        figures.overlay(image[0], cam_map)
+    with pytest.raises(ValueError, match=r"one CAM of shape \(h, w\), got \(1, 2, 2\)"):
+        figures.overlay(image, cam_map[None])

@@ -11,6 +11,7 @@ from PIL import Image
 
 from catkd import config, data, losses, methods, models, train
 from catkd.methods.base import PreReLURecorder, StageRecorder
+from conftest import calibrated
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "imagenet"
 PAIRS = {"resnet34-resnet18": ("imagenet_resnet34", "imagenet_resnet18"),
@@ -19,18 +20,6 @@ PAIRS = {"resnet34-resnet18": ("imagenet_resnet34", "imagenet_resnet18"),
 TABLE_METHODS = ("kd", "dkd", "at", "ofd", "crd", "reviewkd", "catkd")
 ZOO = ("imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50", "imagenet_mobilenet_v1")
 SIZE = 64  # every stage keeps a map of at least 2x2; 224 would only be slower
-
-
-def calibrated(name: str, images: torch.Tensor, num_classes: int = 10) -> torch.nn.Module:
-    """A fresh model whose BN statistics are those of ``images`` (an untrained ResNet50 with
-    identity statistics blows its activations up, which no trained teacher does)."""
-    model = models.create(name, num_classes=num_classes)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        model(images)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -84,7 +73,7 @@ def test_every_table_method_trains_two_steps_with_its_config(name, pair):
     labels, indices = torch.tensor([0, 1, 2]), torch.tensor([0, 4, 8])
     torch.manual_seed(0)
     method = methods.create(name, models.create(student_name, num_classes=10),
-                            calibrated(teacher_name, images),
+                            calibrated(models.create(teacher_name, num_classes=10), images),
                             train_labels=torch.arange(12) % 4, **settings).train()
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)
     student_before = [p.detach().clone() for p in method.student.parameters()]
@@ -109,7 +98,7 @@ def test_configs_cover_every_row_of_tables_7_and_8():
 
 def test_ofd_distils_the_deepest_stages_it_is_told():
     images = torch.randn(2, 3, SIZE, SIZE)
-    teacher = calibrated("imagenet_resnet50", images)
+    teacher = calibrated(models.create("imagenet_resnet50", num_classes=10), images)
     method = methods.create("ofd", models.create("imagenet_mobilenet_v1", num_classes=10),
                             teacher, stages=3)
     assert method.student_preacts.names == ("features.5.1.2", "features.11.1.2",
@@ -131,7 +120,7 @@ def test_ofd_distils_the_deepest_stages_it_is_told():
 
 def test_reviewkd_can_fuse_the_student_s_pre_relu_maps():
     images = torch.randn(2, 3, SIZE, SIZE)
-    teacher = calibrated("imagenet_resnet34", images)
+    teacher = calibrated(models.create("imagenet_resnet34", num_classes=10), images)
     student = models.create("imagenet_resnet18", num_classes=10).eval()
     preact = methods.create("reviewkd", student, teacher, student_preact=True)
     post = methods.create("reviewkd", models.create("imagenet_resnet18", num_classes=10),
@@ -164,6 +153,16 @@ def test_the_folder_loader_yields_sample_indices(tmp_path):
     assert len(seen) == 6 and all(label == loader.dataset.targets[index]
                                   for index, label in seen.items())
     assert len(next(iter(data.imagenet_loader("train", 2, root=tmp_path, workers=0)))) == 2
+
+
+def test_the_loaders_of_an_imagenet_config_have_the_shape_of_every_other(tmp_path):
+    image_folder(tmp_path)
+    resolved = config.resolve(CONFIGS / "crd-resnet34-resnet18.yaml", [
+        f"data.root={tmp_path}", "data.batch_size=2", "runtime.workers=0"])
+    loaders = data.loaders(resolved, sample_indices=True)
+    assert (loaders.num_classes, loaders.in_channels, loaders.image_size) == (1000, 3, 224)
+    assert loaders.train_labels.tolist() == [0, 0, 1, 1]  # the folders' order
+    assert len(next(iter(loaders.train))) == 3 and len(next(iter(loaders.test))) == 2
 
 
 def test_crd_trains_on_an_imagenet_folder(tmp_path):

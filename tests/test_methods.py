@@ -12,28 +12,12 @@ import torch.nn.functional as F
 
 from catkd import cam, losses, methods, models
 from catkd.methods import cat as cat_module
+from conftest import NUM_CLASSES, make_models
 
-NUM_CLASSES = 5
 TERMS = {
     "ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "at": {"ce", "at"},
     "cat": {"cat"}, "catkd": {"ce", "cat"},
 }
-
-
-def make_models(seed: int = 0, in_channels: int = 1) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(seed)
-    student = models.create("resnet8", num_classes=NUM_CLASSES, in_channels=in_channels)
-    teacher = models.create("resnet14", num_classes=NUM_CLASSES, in_channels=in_channels)
-    # Non-trivial BN statistics and classifier bias, so that a teacher forward in training mode,
-    # or CAMs that included the bias, would give different numbers.
-    for model in (student, teacher):
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.uniform_(-0.2, 0.2)
-            elif name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-        torch.nn.init.uniform_(model.fc.bias, -1.0, 1.0)
-    return student, teacher
 
 
 def make_method(name: str, **overrides) -> methods.Method:

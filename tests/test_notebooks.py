@@ -20,6 +20,8 @@ import yaml
 
 from catkd import config
 
+pytestmark = pytest.mark.slow  # executes notebooks: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 PROFILE_DIR = ROOT / "notebooks" / "profiles"

@@ -6,7 +6,7 @@ import pytest
 
 from catkd import bench, config, plan, train
 from catkd import device as devices
-from tests.test_train import tiny
+from conftest import tiny
 
 
 def configs(tmp_path, *overrides):

@@ -5,7 +5,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from catkd import progress, train
-from tests.test_train import tiny
+from conftest import tiny
 
 
 def test_a_terminal_gets_a_line_per_epoch_and_the_result_once(tmp_path, capsys):

@@ -10,15 +10,10 @@ import time
 import pytest
 import torch
 
-from catkd import config, data, methods, models, train
+from catkd import data, methods, models, runs, train
+from conftest import tiny
 
-TINY = ["data.dataset=digits", "data.batch_size=32", "data.crop_padding=1", "student=resnet8",
-        "optim.epochs=2", "optim.milestones=[1]", "runtime.device=cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def tiny(tmp_path, *overrides):
-    return [*TINY, f"out={tmp_path}", *overrides]
 
 
 def test_fit_writes_a_complete_run_folder(tmp_path):
@@ -63,6 +58,7 @@ def test_a_named_folder_of_another_config_is_refused(tmp_path):
         train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1", "seed=1"), quiet=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kd", "dkd", "at", "cat", "catkd"])
 def test_distillation_trains_and_reuses_one_teacher(tmp_path, method):
     # CAT on l2-normalised maps: catkd's default, raw maps at beta 15 (resnet32x4 -> resnet8x4
@@ -81,6 +77,7 @@ def test_distillation_trains_and_reuses_one_teacher(tmp_path, method):
     assert [path for path in tmp_path.iterdir() if path.name.startswith("ce_resnet14")] == teachers
 
 
+@pytest.mark.slow
 def test_teacher_from_checkpoint(tmp_path):
     teacher = models.create("resnet14", num_classes=10, in_channels=1)
     torch.save({"model": teacher.state_dict()}, tmp_path / "ckpt_epoch_240.pth")
@@ -107,6 +104,7 @@ def _train_command(tmp_path, name):
     return [sys.executable, "-m", "catkd", "train", *overrides]
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     subprocess.run(_train_command(tmp_path, "whole"), env=ENV, check=True, capture_output=True)
     killed = subprocess.Popen(_train_command(tmp_path, "killed"), env=ENV,
@@ -129,6 +127,7 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     assert again["best_acc"] == whole["best_acc"] and again["last_acc"] == whole["last_acc"]
 
 
+@pytest.mark.slow
 def test_ddp_under_torchrun_on_cpu(tmp_path):
     # CRD: the method with the most per-sample state (sample indices, memories over the set).
     # float32: the evaluations compared below see other batches, and in bf16 a CPU's rounding
@@ -148,7 +147,7 @@ def test_ddp_under_torchrun_on_cpu(tmp_path):
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("best ") == 2  # rank 0 alone, once per run: teacher, student
-    run = train.Run.open(tmp_path / "ddp")
+    run = runs.Run.open(tmp_path / "ddp")
     assert json.loads((run.path / "environment.json").read_text())["world_size"] == 2
     assert [row["epoch"] for row in run.metrics()] == [1, 2]
     # Accuracy was summed over both ranks' halves of the test set: it equals one process's
@@ -164,16 +163,7 @@ def test_ddp_under_torchrun_on_cpu(tmp_path):
     assert int(moved.sum()) >= 2 * 44 * 16
 
 
-def test_the_batch_size_is_split_among_ddp_processes():
-    resolved = config.resolve(None, ["data.dataset=digits", "data.batch_size=32"])
-    train_set, test_set = data.load("digits", "train"), data.load("digits", "test")
-    loader, _ = train._loaders(resolved, train_set, test_set, "cpu", rank=1, world_size=2)
-    images, _ = next(iter(loader))
-    assert len(images) == 16 and len(loader) == 1437 // 32  # the recipe's steps per epoch
-    with pytest.raises(ValueError, match="make it a multiple of 3"):
-        train._loaders(resolved, train_set, test_set, "cpu", rank=0, world_size=3)
-
-
+@pytest.mark.slow
 def test_probe_trains_a_linear_head(tmp_path):
     from catkd import probe
 
@@ -195,6 +185,7 @@ def test_probe_trains_a_linear_head(tmp_path):
         probe.probe(run.path, "synthetic")
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path, capsys):
     from catkd.__main__ import main
 

@@ -11,10 +11,12 @@ models' own forward stays untouched.
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 _MODEL_PREFIXES = ("student.", "teacher.")
 
@@ -93,12 +95,35 @@ class Method(nn.Module):
 
 # --------------------------------------------------------------------------- feature taps
 
-class _Recorder:
-    """Keeps the tensor each hooked submodule saw or made in the latest forward, by name."""
+# The recorder of each kind that taps a model: a newer one replaces it, so that a model given
+# to a second method does not go on feeding the first method's hooks (and holding its tensors).
+_TAPS: weakref.WeakKeyDictionary[nn.Module, dict[type, _Recorder]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+
+class _Recorder:
+    """Keeps the tensor each hooked submodule saw or made in the latest forward, by name.
+
+    A model has at most one recorder of each kind: making one removes the hooks of the one
+    before it on the same model. ``remove()`` takes the hooks off."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
         self.names = names
         self._values: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        taps = _TAPS.setdefault(model, {})
+        if type(self) in taps:
+            taps[type(self)].remove()
+        taps[type(self)] = self
+
+    def _hook(self, handle: RemovableHandle) -> None:
+        self._handles.append(handle)
+
+    def remove(self) -> None:
+        """Take this recorder's hooks off its model and forget what it recorded."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._values.clear()
 
     def _keep_output(self, name: str, module: nn.Module, inputs: tuple,
                      output: torch.Tensor) -> None:
@@ -136,9 +161,10 @@ class StageRecorder(_Recorder):
     shallow to deep."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(_named_taps(model, "stages", None))
+        super().__init__(model, _named_taps(model, "stages", None))
         for name in self.names:
-            model.get_submodule(name).register_forward_hook(partial(self._keep_output, name))
+            self._hook(model.get_submodule(name).register_forward_hook(
+                partial(self._keep_output, name)))
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -152,21 +178,22 @@ class PreReLURecorder(_Recorder):
     module's output."""
 
     def __init__(self, model: nn.Module, deepest: int | None = None) -> None:
-        super().__init__(_named_taps(model, "preact_stages", deepest))
+        super().__init__(model, _named_taps(model, "preact_stages", deepest))
         for name in self.names:
             module = model.get_submodule(name)
             if isinstance(module, nn.ReLU):
-                module.register_forward_pre_hook(partial(self._keep_input, name))
+                self._hook(module.register_forward_pre_hook(partial(self._keep_input, name)))
             else:
-                module.register_forward_hook(partial(self._keep_output, name))
+                self._hook(module.register_forward_hook(partial(self._keep_output, name)))
 
 
 class PooledRecorder(_Recorder):
     """A hook on the classifier that keeps its input: the (N, C) globally pooled features."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(("pooled",))
-        model.get_classifier().register_forward_pre_hook(partial(self._keep_input, "pooled"))
+        super().__init__(model, ("pooled",))
+        self._hook(model.get_classifier().register_forward_pre_hook(
+            partial(self._keep_input, "pooled")))
 
     def pop(self) -> torch.Tensor:  # type: ignore[override]
         """The (N, C) pooled features of the last forward."""
