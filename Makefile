@@ -14,7 +14,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 BOOK_PROFILE ?= quick
 BOOK_NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: test book clean
+.PHONY: test test-fast book clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ $(VENV)/installed: pyproject.toml
 
 test: $(VENV)/installed
 	$(RUN) -m pytest
+
+test-fast: $(VENV)/installed
+	$(RUN) -m pytest -m "not slow"
 
 book: $(VENV)/installed
 	mkdir -p book/notebooks
