@@ -21,6 +21,7 @@ examples:
   python -m catkd sweep configs/cifar100/sweeps/table6.yaml --list
   python -m catkd sweep configs/cifar100/sweeps/table6.yaml --index $SLURM_ARRAY_TASK_ID
   python -m catkd sweep configs/quick/sweeps/methods.yaml --jobs 2   # two worker processes
+  python -m catkd sweep configs/quick/sweeps/*.yaml --jobs 2    # one plan for several tables
   python -m catkd report configs/cifar100/sweeps/table6.yaml --out reports
 
   # linear probing of a trained student on another dataset (Table 9)
@@ -52,17 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     teacher.add_argument("--config", help="YAML config for the data and recipe")
     teacher.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
-    sweep = commands.add_parser("sweep", help="the runs of a sweep file (a table or figure)")
-    sweep.add_argument("file", help="sweep YAML (configs/*/sweeps/)")
+    sweep = commands.add_parser("sweep", help="the runs of sweep files (tables or figures)")
+    sweep.add_argument("files", nargs="+", metavar="FILE [KEY=VALUE]",
+                       help="sweep YAML file(s) (configs/*/sweeps/), then overrides applied to "
+                            "every run, e.g. out=/scratch/runs; several files train as one "
+                            "plan, each run once")
     sweep.add_argument("--list", action="store_true", help="print one command per run and its "
                                                            "state; train nothing")
-    sweep.add_argument("--jobs", type=int, default=1, metavar="N",
+    sweep.add_argument("--jobs", default="1", metavar="N",
                        help="train the missing runs in N worker processes, each with its share "
-                            "of the cores (on 2 cores: --jobs 2)")
+                            "of the cores (on 2 cores: --jobs 2); auto: one per CPU core, one "
+                            "on a GPU")
     sweep.add_argument("--index", type=int, help="run only the I-th run (0-based), e.g. "
                                                  "$SLURM_ARRAY_TASK_ID")
-    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="applied to every run, e.g. out=/scratch/runs")
 
     report = commands.add_parser("report", help="a sweep's table from its run folders")
     report.add_argument("files", nargs="+", metavar="FILE", help="sweep YAML file(s)")
@@ -122,6 +125,18 @@ def _message(error: Exception) -> str:
     return str(error)
 
 
+def _jobs(value: str, device: str) -> int:
+    """--jobs: a number of worker processes, or auto (``catkd.sweep.default_jobs``)."""
+    from catkd import sweep
+
+    if value == "auto":
+        return sweep.default_jobs(device)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--jobs takes a number of worker processes or auto, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --config: argparse leaves those after it unparsed.
@@ -129,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and (args.command not in ("train", "teacher", "sweep")
                   or not all("=" in argument for argument in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "sweep":  # its positionals are files, then key=value overrides
+        args.overrides = [item for item in args.files if "=" in item]
+        args.files = [item for item in args.files if "=" not in item]
     if extra:
         args.overrides = [*args.overrides, *extra]
     # Imported here so that --help answers at once.
@@ -149,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                         out=args.out)
             return 0
         if args.command == "sweep":
-            runs = sweep.load(args.file, args.overrides)
+            loaded = [sweep.load(file, args.overrides) for file in args.files]
+            jobs = _jobs(args.jobs, loaded[0].experiments[0].config["runtime"]["device"])
+            if len(loaded) > 1 and (args.list or args.index is not None):
+                raise ValueError("--list and --index take one sweep file")
             if args.list:
-                for number, experiment in enumerate(runs.experiments):
+                for number, experiment in enumerate(loaded[0].experiments):
                     _, problem = report.status(experiment)
                     print(f"{number}\t{problem or 'finished'}\t{experiment.command()}")
+            elif len(loaded) == 1:
+                sweep.run(loaded[0], args.index, jobs=jobs)
             else:
-                sweep.run(runs, args.index, jobs=args.jobs)
+                sweep.run_all(loaded, jobs=jobs)
             return 0
         if args.command == "report":
             for file in args.files:

@@ -9,8 +9,10 @@ AVX2-only kernels; README, "Performance") and is the layout of cuDNN's fast conv
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -99,3 +101,17 @@ def _cpuinfo() -> dict[str, str]:
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
     return fields
+
+
+@contextlib.contextmanager
+def threads(count: int | str) -> Iterator[None]:
+    """Run the block with ``count`` CPU threads (``runtime.threads``; "auto": as many as the
+    process has), then give the process its own number back (a notebook kernel goes on with all
+    its cores)."""
+    before = torch.get_num_threads()
+    if count != AUTO:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -2,11 +2,12 @@
 
 ``estimate(configs)`` finds which of the runs (and the teachers they train first) have no
 finished run folder, times a few training steps of each distinct method and pair of models on
-this machine (``catkd.bench.step_times``, on random images of the dataset's shape, with this
-process's threads), and multiplies by each run's steps. An epoch's evaluation is counted as a
-forward pass of the student over the test set, a third of the student's cross-entropy step per
-image (a backward pass costs about two forwards). A chapter or a sweep prints the plan before it
-trains anything, so that a reader knows whether to wait or to come back later.
+this machine (``catkd.bench.step_times``, on random images of the dataset's shape, with the
+threads the run will have), and multiplies by each run's steps. An epoch's evaluation is counted
+as a forward pass of the student over the test set, a third of the student's cross-entropy step
+per image (a backward pass costs about two forwards). With ``jobs`` worker processes the runs
+are spread over them as ``catkd.sweep.fit_all`` spreads them. A chapter or a sweep prints the
+plan before it trains anything, so that a reader knows whether to wait or to come back later.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from catkd import bench, config as configs, train
+from catkd import bench, config as configs, data, train
+from catkd.runs import SUMMARY
 from catkd import device as devices
 
 
@@ -28,6 +30,7 @@ class Plan:
     missing: list[Path]
     seconds: float | None  # None: not estimated (ImageNet runs read their images from disk)
     device: str
+    jobs: int = 1
 
     def __str__(self) -> str:
         if not self.missing:
@@ -35,57 +38,87 @@ class Plan:
         to_train = f"{len(self.missing)} runs to train (of {self.runs} asked for, teachers included)"
         if self.seconds is None:
             return f"{to_train}: no time estimate for runs that read images from disk"
-        return (f"{to_train}: about {_duration(self.seconds)} on {self.device}, from a few "
-                f"steps of each model measured here")
+        workers = f" in {self.jobs} worker processes" if self.jobs > 1 else ""
+        return (f"{to_train}: about {_duration(self.seconds)} on {self.device}{workers}, from a "
+                f"few steps of each model measured here")
 
 
-def estimate(run_configs: Iterable[dict], calibration_steps: int = 3) -> Plan:
-    """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``)."""
+def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int = 3) -> Plan:
+    """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``), trained by
+    ``jobs`` worker processes as ``catkd.sweep.fit_all`` does: the missing teachers first, then
+    the students, each run going to the first worker that is free."""
     asked: dict[Path, dict] = {}
+    teachers: set[Path] = set()
     for config in run_configs:
         if config["teacher"]["model"] and not config["teacher"]["checkpoint"]:
             teacher = train.teacher_config(config)
             asked.setdefault(_folder(teacher), teacher)
+            teachers.add(_folder(teacher))
         asked.setdefault(_folder(config), config)
     missing = {path: config for path, config in asked.items()
-               if not (path / train.SUMMARY).is_file()}
+               if not (path / SUMMARY).is_file()}
     if any(config["data"]["dataset"] == "imagenet" for config in missing.values()):
-        return Plan(len(asked), list(missing), None, "")
+        return Plan(len(asked), list(missing), None, "", jobs)
     calibration = _Calibration(calibration_steps)
-    seconds = sum(calibration.run_seconds(path, config) for path, config in missing.items())
-    return Plan(len(asked), list(missing), seconds, calibration.device_name)
+    seconds = {path: calibration.run_seconds(path, config) for path, config in missing.items()}
+    stages = [[seconds[path] for path in missing if path in teachers],
+              [seconds[path] for path in missing if path not in teachers]]
+    return Plan(len(asked), [path for path in missing if path in teachers]
+                + [path for path in missing if path not in teachers],
+                sum(_span(stage, jobs) for stage in stages), calibration.device_name, jobs)
+
+
+def _span(seconds: list[float], jobs: int) -> float:
+    """The time ``jobs`` workers take for runs of ``seconds``, taken in order, each by the
+    first worker that is free."""
+    workers = [0.0] * jobs
+    for run_seconds in seconds:
+        workers[workers.index(min(workers))] += run_seconds
+    return max(workers)
 
 
 class _Calibration:
-    """Seconds per training step of each distinct method, models, batch and data shape,
-    measured once."""
+    """Seconds per training step of each distinct method, models, batch, data shape, device and
+    thread count, measured once (with the settings of the first run of the method: a method's
+    settings change what it computes more than what a step costs)."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
         self.step_seconds: dict[tuple, float] = {}
+        self.sizes: dict[str, tuple[int, int, dict]] = {}
         self.device_name = "this machine"
 
     def run_seconds(self, path: Path, config: dict) -> float:
         """The training and evaluation time left to the run of ``config`` in ``path``."""
-        train_set, test_set = train.datasets(config)
-        batch_size = config["data"]["batch_size"]
-        shape = dict(num_classes=test_set.num_classes, in_channels=test_set.in_channels,
-                     image_size=test_set.image_size, batch_size=batch_size)
-        epoch = (len(train_set) // batch_size * self._step(config, config["method"],
-                                                           config["loss"], shape)
-                 + math.ceil(len(test_set) / batch_size) * self._step(config, "ce", {},
-                                                                      shape) / 3)
+        train_images, test_images, shape = self._sizes(config)
+        batch_size = shape["batch_size"]
+        epoch = (train_images // batch_size * self._step(config, config["method"],
+                                                         config["loss"], shape)
+                 + math.ceil(test_images / batch_size) * self._step(config, "ce", {},
+                                                                    shape) / 3)
         return (config["optim"]["epochs"] - _epochs_done(path)) * epoch
+
+    def _sizes(self, config: dict) -> tuple[int, int, dict]:
+        """(training images, test images, the shape of a batch) of ``config``'s data, read once
+        for each distinct data section."""
+        key = configs.dump(config["data"])
+        if key not in self.sizes:
+            train_set, test_set = data.datasets(config)
+            self.sizes[key] = (len(train_set), len(test_set), dict(
+                num_classes=test_set.num_classes, in_channels=test_set.in_channels,
+                image_size=test_set.image_size, batch_size=config["data"]["batch_size"]))
+        return self.sizes[key]
 
     def _step(self, config: dict, method: str, loss: dict, shape: dict) -> float:
         teacher = config["teacher"]["model"] if method != "ce" else None
         device = devices.resolve(config["runtime"]["device"])
-        key = (method, config["student"], teacher, repr(sorted(loss.items())),
-               *shape.values(), str(device))
+        threads = config["runtime"]["threads"]
+        key = (method, config["student"], teacher, *shape.values(), str(device), threads)
         if key not in self.step_seconds:
-            timing = bench.step_times([method], config["student"], teacher, device,
-                                      steps=self.steps, warmup=1, rounds=1,
-                                      settings={method: loss}, **shape)
+            with devices.threads(threads):  # the run's own thread count
+                timing = bench.step_times([method], config["student"], teacher, device,
+                                          steps=self.steps, warmup=1, rounds=1,
+                                          settings={method: loss}, **shape)
             self.step_seconds[key] = timing["step_ms"][method] / 1000
             self.device_name = devices.name(device)
         return self.step_seconds[key]

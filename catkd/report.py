@@ -85,8 +85,17 @@ def status(experiment: Experiment) -> tuple[Run | None, str | None]:
     return (run, None) if run is not None else (None, "unfinished")
 
 
+def _axis(experiment: Experiment, key: str) -> str:
+    """The experiment's label along a report axis: its variant's name, or ``label``'s."""
+    if key == "variant":
+        if experiment.variant is None:
+            raise ValueError("report axis 'variant' needs a sweep with variants")
+        return experiment.variant
+    return label(experiment.config, key)
+
+
 def _columns_of(experiment: Experiment, sweep: Sweep, pair_columns: list[str]) -> list[str]:
-    column = label(experiment.config, sweep.columns)
+    column = _axis(experiment, sweep.columns)
     if sweep.columns == "pair" and experiment.config["teacher"]["model"] is None:
         # A teacher-free run is the baseline of every pair that has its student.
         matching = [pair for pair in pair_columns if pair.split("-", 1)[1] == column]
@@ -137,7 +146,7 @@ def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell
                                       if experiment.config["teacher"]["model"]))
     table: dict[tuple[str, str], Cell] = {}
     for experiment in sweep.experiments:
-        row = label(experiment.config, sweep.rows)
+        row = _axis(experiment, sweep.rows)
         run, problem = status(experiment)
         for column in _columns_of(experiment, sweep, pair_columns):
             for suffix, measure in measures.items():

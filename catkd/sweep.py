@@ -8,6 +8,9 @@ A sweep file names configs, seeds and an optional grid; every combination is one
       - ../*/resnet56-resnet20.yaml
     seeds: [0, 1, 2, 3, 4]
     grid: {loss.beta: [1, 5, 10]}   # optional: every combination of these overrides
+    variants:                       # optional: named runs, each with its own overrides (times
+      student: []                   # the grid and the seeds); "variant" is then a report axis
+      top 2 classes: ["loss.classes=[top, 2]"]
     overrides: [optim.epochs=120]   # optional: for every run
     rows: method                    # the report's layout: a dotted config key, or "pair"
     columns: pair                   # ("teacher-student"; a run without teacher fills every
@@ -41,10 +44,12 @@ from typing import Iterable, Sequence
 import torch
 
 from catkd import config as configs
+from catkd import device as devices
 from catkd import plan, probe, train
+from catkd.runs import SUMMARY, Run
 
-SWEEP_KEYS = ("title", "configs", "seeds", "grid", "overrides", "rows", "columns", "paper",
-              "probe", "top5")
+SWEEP_KEYS = ("title", "configs", "seeds", "grid", "variants", "overrides", "rows", "columns",
+              "paper", "probe", "top5")
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,14 @@ class Experiment:
     config_file: Path
     overrides: tuple[str, ...]
     config: dict = field(compare=False, hash=False, repr=False)  # resolved
+    variant: str | None = None  # its name among the sweep's variants, if the sweep has them
 
     @classmethod
-    def of(cls, config_file: str | os.PathLike, overrides: Iterable[str] = ()) -> Experiment:
+    def of(cls, config_file: str | os.PathLike, overrides: Iterable[str] = (),
+           variant: str | None = None) -> Experiment:
         """The run of ``config_file`` with ``overrides``; a bad key or value fails here."""
         overrides = tuple(overrides)
-        return cls(Path(config_file), overrides, configs.resolve(config_file, overrides))
+        return cls(Path(config_file), overrides, configs.resolve(config_file, overrides), variant)
 
     @property
     def path(self) -> Path:
@@ -71,7 +78,7 @@ class Experiment:
         return shlex.join(["python", "-m", "catkd", "train", "--config", str(self.config_file),
                            *self.overrides])
 
-    def fit(self, quiet: bool = False, title: str | None = None) -> train.Run:
+    def fit(self, quiet: bool = False, title: str | None = None) -> Run:
         return train.fit(self.config_file, self.overrides, quiet=quiet, title=title)
 
 
@@ -110,6 +117,21 @@ def _grid(grid: dict) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*choices)]
 
 
+def _variants(path: Path, variants: dict | None) -> list[tuple[str | None, list[str]]]:
+    """``{"r 2": ["loss.resolution=2"]}`` -> ``[("r 2", ["loss.resolution=2"])]``; no
+    variants: one unnamed run per config."""
+    if variants is None:
+        return [(None, [])]
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"{path}: 'variants' maps names to lists of overrides, e.g. "
+                         f"{{student: [], r 2: [loss.resolution=2]}}; got {variants!r}")
+    for name, overrides in variants.items():
+        if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
+            raise ValueError(f"{path}: variant {name!r} needs a list of key=value overrides, "
+                             f"got {overrides!r}")
+    return [(str(name), overrides) for name, overrides in variants.items()]
+
+
 def load(path: str | os.PathLike, overrides: Iterable[str] = (),
          seeds: Sequence[int] | None = None) -> Sweep:
     """Read and expand a sweep file; ``overrides`` (e.g. ``out=...``) apply to every run after
@@ -128,14 +150,18 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
     seeds = list(spec.get("seeds", [0]) if seeds is None else seeds)
     experiments: list[Experiment] = []
     for config_file in _config_files(path, spec["configs"]):
-        for combination in _grid(spec.get("grid") or {}):
-            for seed in seeds:
-                # The grid is the sweep's subject: it wins over the caller's overrides.
-                run_overrides = (*spec.get("overrides", []), *overrides, *combination,
-                                 f"seed={seed}")
-                experiment = Experiment.of(config_file, run_overrides)
-                if experiment.path not in {known.path for known in experiments}:
-                    experiments.append(experiment)
+        for variant, variant_overrides in _variants(path, spec.get("variants")):
+            for combination in _grid(spec.get("grid") or {}):
+                for seed in seeds:
+                    # The variants and the grid are the sweep's subject: they win over the
+                    # caller's overrides.
+                    run_overrides = (*spec.get("overrides", []), *overrides, *variant_overrides,
+                                     *combination, f"seed={seed}")
+                    experiment = Experiment.of(config_file, run_overrides, variant)
+                    # A run twice in one sweep is one run; under two variant names it is both.
+                    if (experiment.path, variant) not in {(known.path, known.variant)
+                                                          for known in experiments}:
+                        experiments.append(experiment)
     if spec.get("probe") and spec.get("top5"):
         raise ValueError(f"{path}: a probe table shows top-1 only; drop 'top5' or 'probe'")
     return Sweep(path, spec.get("title", path.stem), experiments, spec.get("rows", "method"),
@@ -144,41 +170,66 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
 
 
 def run(sweep: Sweep, index: int | None = None, quiet: bool = False,
-        jobs: int = 1) -> list[train.Run]:
-    """Train the sweep's runs one after another (finished ones are returned from the cache), or
-    only run ``index``. Unless ``quiet``, the plan (``catkd.plan``: the runs to train and the
-    time they will take here) is printed first. A run that fails is reported and the others
-    still run; the error is raised at the end.
+        jobs: int = 1) -> list[Run]:
+    """Train the sweep's runs (``fit_all``), then each run's linear probes if the sweep asks for
+    them; or only run ``index`` (one job of a job array)."""
+    if index is not None:
+        if not 0 <= index < len(sweep.experiments):
+            raise ValueError(f"--index {index} is out of range: {sweep.path} has "
+                             f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
+        return [_probed(sweep, sweep.experiments[index].fit(quiet))]
+    return [_probed(sweep, finished) for finished in fit_all(sweep.experiments, jobs, quiet)]
+
+
+def run_all(sweeps: Sequence[Sweep], jobs: int = 1, quiet: bool = False) -> None:
+    """Train the runs of several sweeps as one plan (a run that two sweeps share trains
+    once), then the linear probes of those that ask for them."""
+    every = list({experiment.path: experiment for loaded in sweeps
+                  for experiment in loaded.experiments}.values())
+    fit_all(every, jobs, quiet)
+    for loaded in sweeps:
+        if loaded.probe:
+            run(loaded, quiet=quiet)
+
+
+def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
+            quiet: bool = False) -> list[Run]:
+    """The finished runs of ``experiments``, in their order: finished ones are read from their
+    folders, missing ones trained. Unless ``quiet``, the plan (``catkd.plan``: the runs to
+    train and the time they will take here) is printed first. A run that fails is reported and
+    the others still run; the error is raised at the end.
 
     ``jobs`` > 1 trains the missing runs in that many worker processes, each with its share of
     the cores as threads (on 2 cores, two one-thread processes trained two quick runs 1.3x
     faster than one two-thread process: README, "Performance"); missing teachers train first,
     so that no worker waits for another's teacher."""
-    if index is not None:
-        if not 0 <= index < len(sweep.experiments):
-            raise ValueError(f"--index {index} is out of range: {sweep.path} has "
-                             f"{len(sweep.experiments)} runs (0..{len(sweep.experiments) - 1})")
-        return [_fit_and_probe(sweep, sweep.experiments[index], quiet)]
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
     if not quiet:
-        print(plan.estimate(experiment.config for experiment in sweep.experiments), flush=True)
-    failures = _train_in_workers(sweep, jobs, quiet) if jobs > 1 else {}
+        print(plan.estimate((experiment.config for experiment in experiments), jobs), flush=True)
+    failures = _train_in_workers(experiments, jobs, quiet) if jobs > 1 else {}
     runs = []
-    for number, experiment in enumerate(sweep.experiments):
+    for number, experiment in enumerate(experiments):
         if experiment.path in failures:
             continue
         try:
-            runs.append(_fit_and_probe(sweep, experiment, quiet,
-                                       f"run {number + 1} of {len(sweep.experiments)}"))
+            runs.append(experiment.fit(quiet, f"run {number + 1} of {len(experiments)}"))
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             failures[experiment.path] = str(error)
             if not quiet:
                 print(f"  failed: {error}", flush=True)
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(sweep.experiments)} runs failed:\n"
+        raise RuntimeError(f"{len(failures)} of {len(experiments)} runs failed:\n"
                            + "\n".join(f"{path}: {error}" for path, error in failures.items()))
     return runs
+
+
+def default_jobs(device: str) -> int:
+    """Worker processes that suit ``device`` ("auto", "cpu", "cuda", ...): one per core on a
+    CPU (each trains with one thread), one on a GPU."""
+    if devices.resolve(device).type == "cpu":
+        return os.cpu_count() or 1
+    return 1
 
 
 def _teacher_folder(config: dict) -> Path | None:
@@ -189,16 +240,18 @@ def _teacher_folder(config: dict) -> Path | None:
     return Path(teacher["out"]) / configs.run_name(teacher)
 
 
-def _train_in_workers(sweep: Sweep, jobs: int, quiet: bool) -> dict[Path, str]:
-    """Train the sweep's unfinished runs in ``jobs`` processes, their missing teachers first;
-    returns {run folder: error} of the runs that failed (a failed teacher fails its students)."""
-    students = [experiment for experiment in sweep.experiments
-                if not (experiment.path / train.SUMMARY).is_file()]
-    teachers = {_teacher_folder(experiment.config): train.teacher_config(experiment.config)
-                for experiment in students if _teacher_folder(experiment.config) is not None}
+def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
+                      quiet: bool) -> dict[Path, str]:
+    """Train the unfinished runs of ``experiments`` in ``jobs`` processes, their missing
+    teachers first; returns {run folder: error} of the runs that failed (a failed teacher fails
+    its students)."""
+    students = list({experiment.path: experiment.config for experiment in experiments
+                     if not (experiment.path / SUMMARY).is_file()}.items())
+    teachers = {_teacher_folder(config): train.teacher_config(config)
+                for _, config in students if _teacher_folder(config) is not None}
     stages = [[config for path, config in teachers.items()
-               if not (path / train.SUMMARY).is_file()],
-              [experiment.config for experiment in students]]
+               if not (path / SUMMARY).is_file()],
+              [config for _, config in students]]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failures: dict[Path, str] = {}
     # spawn, not fork: a forked copy of a process that has run torch's thread pools can hang.
@@ -212,10 +265,10 @@ def _train_in_workers(sweep: Sweep, jobs: int, quiet: bool) -> dict[Path, str]:
                 if not quiet:
                     print(f"{'failed' if error else 'finished'}: {path}"
                           f"{': ' + error if error else ''}", flush=True)
-    for experiment in students:
-        teacher_path = _teacher_folder(experiment.config)
+    for path, config in students:
+        teacher_path = _teacher_folder(config)
         if teacher_path in failures:
-            failures[experiment.path] = f"its teacher failed: {failures[teacher_path]}"
+            failures[path] = f"its teacher failed: {failures[teacher_path]}"
     return failures
 
 
@@ -230,11 +283,9 @@ def _fit_quietly(config: dict) -> tuple[Path, str | None]:
     return path, None
 
 
-def _fit_and_probe(sweep: Sweep, experiment: Experiment, quiet: bool,
-                   title: str | None = None) -> train.Run:
-    """Train (or find) the run, then its linear probes if the sweep asks for them (cached in
-    the run folder like the run itself)."""
-    run = experiment.fit(quiet, title)
+def _probed(sweep: Sweep, run: Run) -> Run:
+    """``run``, after its linear probes on the sweep's probe datasets (cached in the run folder
+    like the run itself)."""
     for dataset in sweep.probe:
         probe.probe(run, dataset, device=run.config["runtime"]["device"])
     return run

@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -43,8 +43,6 @@ from catkd.progress import RunProgress
 from catkd.runs import (BEST, CONFIG, ENVIRONMENT, LAST, METRICS, SUMMARY, Run, atomic_save,
                         build_student, claim, finished_run, read_metrics)
 
-# catkd.plan still calls train.datasets (to become data.datasets there).
-datasets = data.datasets
 
 # The resume state in last.pt.
 RESUME_KEYS = ("model", "extras", "optimizer", "schedule", "epoch", "best_acc", "best_epoch",
@@ -319,25 +317,12 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
         with claim(path, rank == 0, progress.say):
             if dist.is_initialized():
                 dist.barrier()
-            with _threads(config["runtime"]["threads"]):
+            with devices.threads(config["runtime"]["threads"]):
                 run = finished_run(path, config) or _train(config, path, rank, world_size,
                                                            quiet, progress)
     progress.say(f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
                  f"last {run.summary['last_acc']:.2f}%: {run.path}")
     return run
-
-
-@contextlib.contextmanager
-def _threads(threads: int | str) -> Iterator[None]:
-    """Run the block with ``threads`` CPU threads ("auto": as many as the process has), then
-    give the process its own number back (a notebook kernel goes on with all its cores)."""
-    before = torch.get_num_threads()
-    if threads != "auto":
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catkd import config, data, losses, methods, models, train
+from catkd import config, data, losses, methods, models, runs, train
 from catkd.methods.base import PooledRecorder, PreReLURecorder, StageRecorder
 from conftest import calibrated
 
@@ -358,7 +358,7 @@ def test_an_interrupted_crd_run_resumes_its_memory_and_embeddings(tmp_path, monk
     resumed = train.fit(None, [*TINY, f"out={tmp_path}", "name=cut"], quiet=True)
     assert resumed.metrics() == [{**row, "seconds": resumed.metrics()[i]["seconds"]}
                                  for i, row in enumerate(whole.metrics())]
-    extras = [torch.load(run.path / train.LAST, weights_only=True)["extras"]
+    extras = [torch.load(run.path / runs.LAST, weights_only=True)["extras"]
               for run in (whole, resumed)]
     assert set(extras[0]) == set(extras[1]) and "student_memory" in extras[0]
     assert all(torch.equal(extras[0][key], extras[1][key]) for key in extras[0])

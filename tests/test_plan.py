@@ -3,8 +3,9 @@
 import math
 
 import pytest
+import torch
 
-from catkd import bench, config, plan, train
+from catkd import bench, config, plan, runs, train
 from catkd import device as devices
 from conftest import tiny
 
@@ -53,7 +54,7 @@ def test_finished_runs_leave_the_plan_and_interrupted_ones_count_what_is_left(tm
     path = plan._folder(ce_run)
     lines = (path / "metrics.jsonl").read_text().splitlines()
     (path / "metrics.jsonl").write_text(lines[0] + "\n")
-    (path / train.SUMMARY).unlink()
+    (path / runs.SUMMARY).unlink()
     assert plan.estimate([ce_run]).seconds == pytest.approx(full / 2)
 
 
@@ -61,3 +62,33 @@ def test_a_real_calibration_names_this_machine(tmp_path):
     estimate = plan.estimate(configs(tmp_path)[:1], calibration_steps=1)
     assert estimate.seconds > 0
     assert devices.name(devices.resolve("cpu")) in str(estimate)
+
+
+def test_worker_processes_take_the_teachers_first_then_the_students_as_they_come_free():
+    assert plan._span([], 2) == 0
+    assert plan._span([5.0, 3.0, 3.0], 2) == 6.0  # 5 | 3 + 3
+    assert plan._span([5.0, 3.0, 3.0], 1) == 11.0
+    assert plan._span([1.0, 1.0], 4) == 1.0
+
+
+def test_an_estimate_for_two_workers_spreads_the_students_after_their_teacher(tmp_path,
+                                                                            monkeypatch):
+    measured = {"ce": 0.010, "kd": 0.025}
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
+                        {"step_ms": {names[0]: 1000 * measured[names[0]]}})
+    ce_run, kd_run = configs(tmp_path)
+    alone = {name: plan.estimate([run]).seconds for name, run in (("ce", ce_run), ("kd", kd_run))}
+    teacher = plan.estimate([train.teacher_config(kd_run)]).seconds
+    both = plan.estimate([ce_run, kd_run], jobs=2)
+    # The teacher alone first, then the two students side by side.
+    assert both.seconds == pytest.approx(teacher + max(alone["ce"], alone["kd"] - teacher))
+    assert "in 2 worker processes" in str(both)
+
+
+def test_the_calibration_times_a_step_with_the_run_s_own_threads(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs: seen.append(
+        torch.get_num_threads()) or {"step_ms": {names[0]: 1.0}})
+    before = torch.get_num_threads()
+    plan.estimate([config.resolve(None, tiny(tmp_path, "runtime.threads=1"))])
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before

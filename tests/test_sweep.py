@@ -15,8 +15,9 @@ from pathlib import Path
 
 import papermill
 import pytest
+import torch
 
-from catkd import config, report, sweep, train
+from catkd import config, report, runs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quick"
@@ -32,7 +33,7 @@ def fake_run(experiment: sweep.Experiment, best: float, last: float) -> None:
     """A finished run folder as `fit` leaves it, as far as a report reads it."""
     experiment.path.mkdir(parents=True)
     (experiment.path / "config.yaml").write_text(config.dump(experiment.config))
-    (experiment.path / train.SUMMARY).write_text(json.dumps({"best_acc": best, "last_acc": last}))
+    (experiment.path / runs.SUMMARY).write_text(json.dumps({"best_acc": best, "last_acc": last}))
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ paper: {kd: {resnet20-resnet8 top-1: 70.0, resnet20-resnet8 top-5: 90.0}}
     loaded = sweep.load(path, [f"out={tmp_path / 'runs'}"])
     (experiment,) = loaded.experiments
     fake_run(experiment, 80.0, 78.0)
-    summary = experiment.path / train.SUMMARY
+    summary = experiment.path / runs.SUMMARY
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "best_epoch": 2,
                                    "last_top5": 93.0}))
     (experiment.path / "metrics.jsonl").write_text("".join(
@@ -202,7 +203,7 @@ def test_report_skips_foreign_and_corrupt_folders_and_says_so(table):
     ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
     fake_run(ce_seed0, 80.0, 79.0)
     fake_run(ce_seed1, 70.0, 69.0)
-    (ce_seed1.path / train.SUMMARY).write_text("{not json")
+    (ce_seed1.path / runs.SUMMARY).write_text("{not json")
     foreign = config.resolve(ce_seed2.config, ["optim.lr=0.3"])
     ce_seed2.path.mkdir(parents=True)
     (ce_seed2.path / "config.yaml").write_text(config.dump(foreign))
@@ -318,3 +319,61 @@ def test_worker_processes_train_a_sweep_as_one_process_does(tmp_path):
     assert len(list(workers.glob("ce_resnet20_*"))) == 1
     with pytest.raises(ValueError, match="jobs must be a positive number"):
         sweep.run(sweep.load(path, [f"out={workers}"]), jobs=0)
+
+
+def test_variants_are_named_runs_that_win_over_the_caller_and_report_as_an_axis(tmp_path):
+    path = write_sweep(tmp_path, """
+configs: [QUICK/cat.yaml]
+seeds: [0, 1]
+variants:
+  student: []
+  "resolution: 2": [loss.resolution=2]
+  "resolution: 4": [loss.resolution=4]
+rows: variant
+columns: pair
+""")
+    loaded = sweep.load(path, [f"out={tmp_path / 'runs'}", "loss.resolution=4"])
+    assert [(experiment.variant, experiment.config["seed"]) for experiment in loaded.experiments] \
+        == [("student", 0), ("student", 1), ("resolution: 2", 0), ("resolution: 2", 1),
+            ("resolution: 4", 0), ("resolution: 4", 1)]
+    assert [experiment.config["loss"]["resolution"] for experiment in loaded.experiments] == \
+        [4, 4, 2, 2, 4, 4]
+    # "student" with the caller's r 4 and "resolution: 4" are one run folder under two names.
+    student, resolution_4 = loaded.experiments[0], loaded.experiments[4]
+    assert student.path == resolution_4.path and student != resolution_4
+    fake_run(student, 80.0, 79.0)
+    by_cell = {(cell.row, cell.column): cell for cell in report.cells(loaded)}
+    assert sorted(row for row, _ in by_cell) == ["resolution: 2", "resolution: 4", "student"]
+    assert by_cell["student", "resnet20-resnet8"].finished == 1
+    assert by_cell["resolution: 4", "resnet20-resnet8"].finished == 1
+    assert by_cell["resolution: 2", "resnet20-resnet8"].finished == 0
+
+
+@pytest.mark.parametrize("variants, error", [
+    ("[[loss.resolution=2]]", "maps names to lists of overrides"),
+    ("{r 2: loss.resolution=2}", "variant 'r 2' needs a list"),
+])
+def test_bad_variants_are_clear_errors(tmp_path, variants, error):
+    with pytest.raises(ValueError, match=error):
+        sweep.load(write_sweep(tmp_path, f"configs: [QUICK/cat.yaml]\nvariants: {variants}\n"))
+    with pytest.raises(ValueError, match="needs a sweep with variants"):
+        report.cells(sweep.load(write_sweep(tmp_path, "configs: [QUICK/ce.yaml]\nrows: variant\n")))
+
+
+def test_several_sweep_files_train_as_one_plan_each_shared_run_once(tmp_path, monkeypatch):
+    first = write_sweep(tmp_path, "configs: [QUICK/ce.yaml, QUICK/kd.yaml]\n")
+    second = first.with_name("second.yaml")
+    second.write_text(first.read_text().replace("QUICK/ce.yaml, ", "") .replace(
+        "kd.yaml", "kd.yaml, " + os.path.relpath(QUICK / "dkd.yaml", tmp_path)))
+    sweeps = [sweep.load(path, [f"out={tmp_path / 'runs'}"]) for path in (first, second)]
+    trained = []
+    monkeypatch.setattr(sweep, "fit_all", lambda experiments, jobs, quiet: trained.append(
+        ([experiment.config["method"] for experiment in experiments], jobs)))
+    sweep.run_all(sweeps, jobs=2, quiet=True)
+    assert trained == [(["ce", "kd", "dkd"], 2)]
+
+
+def test_default_jobs_is_a_worker_per_core_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert sweep.default_jobs("cpu") == 6
+    assert sweep.default_jobs("auto") == (1 if torch.cuda.is_available() else 6)
