@@ -3,7 +3,8 @@
 # and PyTorch but no network (e.g. an H100 or H200; on an H200 the bench part took 3 minutes).
 #
 #   bash scripts/gpu_check.sh [OUT [PART ...]]   results in OUT (default $OUT, else
-#                                                 runs/gpu_check); PARTs: bench engine (both)
+#                                                 runs/gpu_check); PARTs: bench engine
+#                                                 methods (default: bench engine)
 #
 # bench: 1. python -m catkd bench --device cuda: the authors' way (8 DataLoader workers, as the
 #           CRD / CAT-KD code loads CIFAR) against the fast path, every method's step with its
@@ -15,9 +16,11 @@
 # engine: the training engine end to end on the GPU, on Fashion-MNIST read from
 #         data/fashion-mnist (copy Debian's four .gz files there first and carry
 #         data/fashion-mnist): the quick profile's teacher and CAT-KD student; the same student
-#         with runtime.compile=reduce-overhead from the same teacher; then every other method
-#         for one epoch on a tenth of the data with reduce-overhead. (DDP is tested on the CPU:
-#         one GPU cannot hold two NCCL ranks.)
+#         with runtime.compile=reduce-overhead from the same teacher; then the methods part.
+#         (DDP is tested on the CPU: one GPU cannot hold two NCCL ranks.)
+# methods: every method of the comparison for one epoch on a tenth of Fashion-MNIST with
+#         runtime.compile=reduce-overhead (CUDA graphs), from the quick teacher (trained first,
+#         eager), the feature-based methods first.
 # A step that fails is reported and the next one runs; everything goes to OUT (log.txt and the
 # bench's JSON files).
 set -uo pipefail
@@ -46,12 +49,25 @@ engine() {
     teacher=$(ls "$runs"/eager/ce_*/best.pt)
     step python3 -m catkd train --config configs/quick/catkd.yaml runtime.device=cuda \
         runtime.compile=reduce-overhead teacher.checkpoint="$teacher" out="$runs/graphs"
-    for method in ce kd dkd at fitnet rkd ofd crd reviewkd cat; do
+    methods_with "$teacher" "$runs"
+}
+
+methods() {
+    local runs
+    runs=$(mktemp -d)
+    step python3 -m catkd train --config configs/quick/teacher.yaml runtime.device=cuda \
+        out="$runs/teacher"
+    methods_with "$(ls "$runs"/teacher/ce_*/best.pt)" "$runs"
+}
+
+methods_with() {  # TEACHER_CHECKPOINT RUNS
+    local method summary
+    for method in fitnet rkd ofd crd reviewkd cat ce kd dkd at catkd; do
         step python3 -m catkd train --config "configs/quick/$method.yaml" runtime.device=cuda \
             runtime.compile=reduce-overhead optim.epochs=1 data.fraction=0.1 \
-            $([ "$method" = ce ] || echo teacher.checkpoint="$teacher") out="$runs/methods"
+            $([ "$method" = ce ] || echo teacher.checkpoint="$1") out="$2/methods"
     done
-    for summary in "$runs"/*/*/summary.json; do
+    for summary in "$2"/*/*/summary.json; do
         python3 -c 'import json, sys; s = json.load(open(sys.argv[1]));
 print(sys.argv[1].split("/")[-3:-1], {k: s[k] for k in ("best_acc", "epochs", "seconds")})' \
             "$summary"
