@@ -330,8 +330,9 @@ def _got(value: Any) -> str:
 
 
 def _check_settings(method: str, settings: dict) -> None:
-    """The method's settings: known keys, and a number, an integer or a boolean where the
-    default is one (a setting whose default is a name or None is the method's to check)."""
+    """The method's settings: known keys, a number, an integer or a boolean where the default
+    is one, then each setting's range as the method declares it (``Method.ranges``); a setting
+    whose default is a name is checked by the settings check before the teacher trains."""
     defaults = methods.settings(method)
     for key, value in settings.items():
         if key not in defaults:
@@ -349,6 +350,7 @@ def _check_settings(method: str, settings: dict) -> None:
         if not valid:
             raise ValueError(f"loss.{key} of method {method!r} must be {what} (default "
                              f"{default!r}), {_got(value)}")
+    methods.check_settings(method, settings, prefix="loss.")
 
 
 def identity(config: dict) -> str:

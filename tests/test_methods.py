@@ -311,3 +311,27 @@ def test_ce_refuses_a_teacher_and_a_model_cannot_teach_itself():
     with pytest.raises(ValueError, match="separate model"):
         methods.create("kd", student, student)
     assert all(p.requires_grad for p in student.parameters())
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_each_declared_range_names_a_setting_and_holds_its_default(name):
+    defaults = methods.settings(name)
+    ranges = methods._method_class(name).ranges
+    assert set(ranges) <= set(defaults), name
+    for key, (test, what) in ranges.items():
+        assert test(defaults[key]), (name, key, what)
+    methods.check_settings(name, defaults)  # the defaults themselves pass
+
+
+@pytest.mark.parametrize("name, setting, value, what", [
+    ("catkd", "beta", -1, "a non-negative number"),
+    ("cat", "resolution", 0, "at least 1"),
+    ("kd", "temperature", 0, "a positive number"),
+    ("dkd", "alpha", -0.5, "a non-negative number"),
+    ("crd", "momentum", 1.5, r"in \[0, 1\]"),
+    ("reviewkd", "warmup_epochs", 0, "at least 1"),
+    ("kd", "kd_weight", "heavy", "a non-negative number"),
+])
+def test_settings_outside_their_range_are_refused_with_what_fits(name, setting, value, what):
+    with pytest.raises(ValueError, match=f"loss.{setting} of method '{name}' must be {what}"):
+        methods.check_settings(name, {setting: value}, prefix="loss.")

@@ -31,7 +31,7 @@ from catkd.methods.reviewkd import ReviewKD
 from catkd.methods.rkd import RKD
 
 __all__ = ["AT", "CAT", "CATKD", "CE", "CRD", "DKD", "FitNet", "KD", "Method", "OFD", "RKD",
-           "ReviewKD", "create", "names", "needs_sample_indices", "needs_teacher", "revision",
+           "ReviewKD", "check_settings", "create", "names", "needs_sample_indices", "needs_teacher", "revision",
            "settings"]
 
 _METHODS: dict[str, type[Method]] = {
@@ -58,6 +58,27 @@ def settings(name: str) -> dict[str, Any]:
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def check_settings(name: str, given: dict[str, Any], prefix: str = "") -> None:
+    """Refuse settings that method ``name`` does not have, and values outside a setting's
+    valid range (``Method.ranges``): a ValueError naming the setting (``prefix`` + its name,
+    e.g. "loss.beta"), what it got and what would be right."""
+    valid = settings(name)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(prefix + key for key in unknown)} for "
+                         f"method {name!r}; valid settings: {', '.join(valid) or 'none'}")
+    for key, (test, what) in _method_class(name).ranges.items():
+        if key not in given:
+            continue
+        try:
+            fits = test(given[key])
+        except TypeError:  # a value of another type, e.g. text where a number belongs
+            fits = False
+        if not fits:
+            raise ValueError(f"{prefix}{key} of method {name!r} must be {what} (default "
+                             f"{valid[key]!r}), got {given[key]!r}")
+
+
 def needs_teacher(name: str) -> bool:
     """Whether method ``name`` distils from a teacher (every method but ``ce``)."""
     return _method_class(name).needs_teacher
@@ -82,11 +103,7 @@ def create(name: str, student: nn.Module, teacher: nn.Module | None = None,
     index the training set (``needs_sample_indices``) and ignored by the others.
     """
     method_class = _method_class(name)
-    valid = settings(name)
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for method {name!r}; valid "
-                         f"settings: {', '.join(valid) or 'none'}")
+    check_settings(name, overrides)
     if not method_class.needs_sample_indices:
         return method_class(student, teacher, **overrides)
     if train_labels is None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import at_loss
-from catkd.methods.base import Method, StageRecorder
+from catkd.methods.base import NON_NEGATIVE, POSITIVE, Method, StageRecorder
 
 
 class AT(Method):
@@ -16,6 +16,8 @@ class AT(Method):
     Stage i of the student is paired with stage i of the teacher (``model.stages``, shallow to
     deep). Terms: ``ce``, ``at``.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "at_weight": NON_NEGATIVE, "p": POSITIVE}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  at_weight: float = 1000.0, p: float = 2) -> None:

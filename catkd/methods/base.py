@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import weakref
 from functools import partial
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 _MODEL_PREFIXES = ("student.", "teacher.")
+
+# What a setting may be beyond its type: (test, the valid values in words).
+Range = tuple[Callable[[Any], bool], str]
+NON_NEGATIVE: Range = (lambda value: value >= 0, "a non-negative number")
+POSITIVE: Range = (lambda value: value > 0, "a positive number")
+AT_LEAST_ONE: Range = (lambda value: value >= 1, "at least 1")
 
 
 class Method(nn.Module):
@@ -37,6 +44,10 @@ class Method(nn.Module):
     # Raised when what a method computes changes, so that runs made before are not returned for
     # its configs: a revision above 1 is part of the run's hash (``catkd.config.identity``).
     revision: int = 1
+    # The valid values of the settings (the keyword arguments of __init__) where their type
+    # allows nonsense: a weight below 0 would push the student away from its teacher, a
+    # temperature of 0 divides by zero. Checked before any work (``catkd.methods.check_settings``).
+    ranges: ClassVar[dict[str, Range]] = {}
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()

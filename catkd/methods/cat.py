@@ -18,7 +18,7 @@ from torch import nn
 
 from catkd.cam import CAMModel, convert, grad_cam_from_cams
 from catkd.losses import cat_loss
-from catkd.methods.base import Method
+from catkd.methods.base import AT_LEAST_ONE, NON_NEGATIVE, Method
 
 
 TEACHER_MAPS = ("cam", "gradcam")
@@ -33,6 +33,8 @@ class CAT(Method):
     "gradcam" transfers the teacher's Grad-CAM maps instead of its CAMs (Appendix A.4). Term:
     ``cat``.
     """
+
+    ranges = {"beta": NON_NEGATIVE, "resolution": AT_LEAST_ONE}
 
     student_cam_model: CAMModel
     teacher_cam_model: CAMModel
@@ -83,6 +85,8 @@ class CATKD(CAT):
 
     Defaults are the resnet32x4 -> resnet8x4 setting: beta 15, r 2, no normalisation.
     """
+
+    ranges = {**CAT.ranges, "ce_weight": NON_NEGATIVE}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  beta: float = 15.0, resolution: int = 2, normalize: str | None = None,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import crd_loss
-from catkd.methods.base import Method, PooledRecorder
+from catkd.methods.base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Method,
+                                PooledRecorder)
 
 
 class Embedding(nn.Module):
@@ -61,6 +62,10 @@ class CRD(Method):
     gathered), so the memories stay identical across ranks and see the whole training set, as
     in one process.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "crd_weight": NON_NEGATIVE, "embedding_dim": AT_LEAST_ONE,
+              "negatives": AT_LEAST_ONE, "temperature": POSITIVE,
+              "momentum": (lambda value: 0 <= value <= 1, "in [0, 1]")}
 
     needs_sample_indices = True
 

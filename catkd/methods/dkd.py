@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import dkd_loss
-from catkd.methods.base import Method
+from catkd.methods.base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Method
 
 
 class DKD(Method):
@@ -18,12 +18,13 @@ class DKD(Method):
     the default 20. That is mdistiller's ramp, which counts epochs from 1.
     """
 
+    ranges = {"ce_weight": NON_NEGATIVE, "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE,
+              "temperature": POSITIVE, "warmup_epochs": AT_LEAST_ONE}
+
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
                  warmup_epochs: int = 20) -> None:
         super().__init__(student, teacher)
-        if warmup_epochs < 1:
-            raise ValueError(f"warmup_epochs must be >= 1 (1: no warm-up), got {warmup_epochs}")
         self.ce_weight = ce_weight
         self.alpha = alpha
         self.beta = beta

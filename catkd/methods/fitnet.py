@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import hint_loss
-from catkd.methods.base import Method, StageRecorder, probe_shapes
+from catkd.methods.base import NON_NEGATIVE, Method, StageRecorder, probe_shapes
 
 
 def hint_regressor(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Sequential:
@@ -49,6 +49,9 @@ class FitNet(Method):
     of the reference, not part of FitNets: catkd does not copy it, so its FitNet teacher is
     exactly the checkpoint, where the reference's starts slightly off it.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "hint_weight": NON_NEGATIVE,
+              "hint_stage": (lambda value: value >= 0, "a stage index from 0")}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  hint_weight: float = 100.0, hint_stage: int = 1) -> None:

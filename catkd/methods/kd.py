@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import kd_loss
-from catkd.methods.base import Method
+from catkd.methods.base import NON_NEGATIVE, POSITIVE, Method
 
 
 class KD(Method):
@@ -15,6 +15,8 @@ class KD(Method):
 
     Terms: ``ce``, ``kd``.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "kd_weight": NON_NEGATIVE, "temperature": POSITIVE}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 0.1,
                  kd_weight: float = 0.9, temperature: float = 4.0) -> None:

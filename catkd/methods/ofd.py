@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import ofd_loss, ofd_margins
-from catkd.methods.base import Method, PreReLURecorder, probe_shapes
+from catkd.methods.base import NON_NEGATIVE, Method, PreReLURecorder, probe_shapes
 
 
 def connector(student_channels: int, teacher_channels: int) -> nn.Sequential:
@@ -36,6 +36,9 @@ class OFD(Method):
     (its weights, its checkpoint and the margins stay as they are). ``eval()`` puts it back in
     eval mode.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "ofd_weight": NON_NEGATIVE,
+              "stages": (lambda value: value is None or value >= 1, "null or at least 1")}
 
     revision = 2  # 2: the teacher in train mode during the step; margins in float64
 

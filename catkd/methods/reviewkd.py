@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import hcl_loss
-from catkd.methods.base import (Method, PooledRecorder, PreReLURecorder, StageRecorder,
-                                probe_shapes)
+from catkd.methods.base import (AT_LEAST_ONE, NON_NEGATIVE, Method, PooledRecorder,
+                                PreReLURecorder, StageRecorder, probe_shapes)
 
 
 class AttentionFusion(nn.Module):
@@ -69,12 +69,13 @@ class ReviewKD(Method):
     counts epochs from 1). Terms: ``ce``, ``review``.
     """
 
+    ranges = {"ce_weight": NON_NEGATIVE, "review_weight": NON_NEGATIVE,
+              "warmup_epochs": AT_LEAST_ONE, "max_mid_channels": AT_LEAST_ONE}
+
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  review_weight: float = 1.0, warmup_epochs: int = 20,
                  max_mid_channels: int = 512, student_preact: bool = False) -> None:
         super().__init__(student, teacher)
-        if warmup_epochs < 1:
-            raise ValueError(f"warmup_epochs must be >= 1 (1: no warm-up), got {warmup_epochs}")
         self.student_stages = (PreReLURecorder(student) if student_preact
                                else StageRecorder(student))
         self.student_pooled = PooledRecorder(student)

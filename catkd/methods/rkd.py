@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.losses import rkd_angle_loss, rkd_distance_loss
-from catkd.methods.base import Method, PooledRecorder
+from catkd.methods.base import NON_NEGATIVE, Method, PooledRecorder
 
 
 class RKD(Method):
@@ -17,6 +17,9 @@ class RKD(Method):
     input) of student and teacher; no extra parameters. Terms: ``ce``, ``rkd_distance``,
     ``rkd_angle``.
     """
+
+    ranges = {"ce_weight": NON_NEGATIVE, "distance_weight": NON_NEGATIVE,
+              "angle_weight": NON_NEGATIVE}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
