@@ -79,11 +79,6 @@ EXECUTION_KEYS = ("name", "out", "runtime.device", "runtime.channels_last", "run
 SCHEDULES = ("step", "onecycle")
 # runtime.compile: false, true (torch's default mode) or one of these torch.compile modes.
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# The class counts of the datasets, known without loading them: data.classes is checked
-# against them before any work starts.
-DATASET_CLASSES = {"cifar100": 100, "fashion-mnist": 10, "digits": 10, "stl10": 10,
-                   "tiny-imagenet": 200, "synthetic": 10, "synthetic-distractors": 10,
-                   "imagenet": 1000}
 
 
 def _is_integer(value: Any) -> bool:
@@ -301,8 +296,8 @@ def _check_values(config: dict) -> None:
         if not valid(value):
             raise ValueError(f"{key} must be {what}, {_got(value)}")
     classes, dataset = config["data"]["classes"], config["data"]["dataset"]
-    if classes is not None and classes > DATASET_CLASSES[dataset]:
-        raise ValueError(f"data.classes must be within 1..{DATASET_CLASSES[dataset]} (the "
+    if classes is not None and classes > data.num_classes(dataset):
+        raise ValueError(f"data.classes must be within 1..{data.num_classes(dataset)} (the "
                          f"classes of {dataset}), got {classes}")
     optim, teacher = config["optim"], config["teacher"]
     if optim["schedule"] != "step":  # onecycle has no milestones

@@ -18,11 +18,11 @@ The bottom layer of ``catkd``: it imports no other ``catkd`` module. Its files f
 from catkd.data.dataset import SPLITS, ImageDataset, keep_classes, keep_fraction
 from catkd.data.loaders import (BatchLoader, FolderLoader, Loaders, datasets, imagenet_loader,
                                 loaders)
-from catkd.data.readers import data_root, load, names
+from catkd.data.readers import data_root, load, names, num_classes
 from catkd.data.synthetic import (SYNTHETIC_MAX_CLASSES, SYNTHETIC_VARIANTS, SyntheticDifficulty,
                                   synthetic, synthetic_class_names)
 
 __all__ = ["SPLITS", "SYNTHETIC_MAX_CLASSES", "SYNTHETIC_VARIANTS", "BatchLoader", "FolderLoader",
            "ImageDataset", "Loaders", "SyntheticDifficulty", "data_root", "datasets",
-           "imagenet_loader", "keep_classes", "keep_fraction", "load", "loaders", "names",
+           "imagenet_loader", "keep_classes", "keep_fraction", "load", "loaders", "names", "num_classes",
            "synthetic", "synthetic_class_names"]

@@ -272,9 +272,22 @@ _LOADERS = {
 }
 
 
+# Known without loading a dataset, so that a config's data.classes is checked before any work.
+_CLASS_COUNTS = {"cifar100": 100, "fashion-mnist": 10, "digits": 10, "stl10": 10,
+                 "tiny-imagenet": 200, "synthetic": 10, "synthetic-distractors": 10,
+                 "imagenet": 1000}
+
+
 def names() -> list[str]:
     """Every dataset name; all but "imagenet" work with ``load``."""
     return list(_LOADERS) + ["imagenet"]
+
+
+def num_classes(name: str) -> int:
+    """The number of classes of dataset ``name``, without loading it."""
+    if name not in _CLASS_COUNTS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(names())}")
+    return _CLASS_COUNTS[name]
 
 
 def load(name: str, split: str = "train", root: str | Path | None = None, *,
