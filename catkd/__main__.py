@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--list and --index take one sweep file")
             if args.list:
                 for number, experiment in enumerate(loaded[0].experiments):
-                    _, problem = report.status(experiment)
+                    _, problem = experiment.status()
                     print(f"{number}\t{problem or 'finished'}\t{experiment.command()}")
             elif len(loaded) == 1:
                 sweep.run(loaded[0], args.index, jobs=jobs)

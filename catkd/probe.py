@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd import data
+from catkd import device as devices
 from catkd.progress import bar
 from catkd.runs import Run, atomic_save
 
@@ -58,8 +59,7 @@ def probe(run: Run | str | os.PathLike, dataset: str, root: str | None = None,
         done = json.loads((path / "summary.json").read_text())
         if done.get("recipe") == recipe and done.get("seed") == seed:
             return {**done, "path": str(path)}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
-        else torch.device(device)
+    device = devices.resolve(device)
     train_set, test_set = data.load(dataset, "train", root), data.load(dataset, "test", root)
     if train_set.in_channels != run.summary["in_channels"]:
         raise ValueError(f"{dataset} has {train_set.in_channels} channels but the student was "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from catkd import probe
-from catkd.runs import Run, finished_run
+from catkd.runs import Run
 
 if TYPE_CHECKING:  # a report reads runs; it never trains, so it needs no sweep machinery
     from catkd.sweep import Experiment, Sweep
@@ -53,10 +53,25 @@ class Cell:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     @property
+    def mean_best(self) -> float | None:
+        """The mean best accuracy over the finished seeds (what the chapters compare); None
+        for none."""
+        measured = self.mean_std("best")
+        return None if measured is None else measured[0]
+
+    @property
     def difference(self) -> float | None:
         """Measured mean best accuracy minus the paper's number."""
-        measured = self.mean_std("best")
-        return None if measured is None or self.paper is None else measured[0] - self.paper
+        return None if self.mean_best is None or self.paper is None else \
+            self.mean_best - self.paper
+
+
+def title(sweep: Sweep) -> str:
+    """The sweep's title and the datasets its runs trained on, read from their configs: a
+    profile may train a sweep file's runs on other data (the smoke profile's digits)."""
+    datasets = dict.fromkeys(experiment.config["data"]["dataset"]
+                             for experiment in sweep.experiments)
+    return f"{sweep.title}; trained on {', '.join(datasets)}"
 
 
 def label(config: dict, key: str) -> str:
@@ -72,17 +87,6 @@ def label(config: dict, key: str) -> str:
                              f"data.fraction, pair)")
         value = value[part]
     return str(value)
-
-
-def status(experiment: Experiment) -> tuple[Run | None, str | None]:
-    """(the finished run, None) or (None, what is wrong: missing, unfinished, foreign...)."""
-    if not experiment.path.exists():
-        return None, "missing"
-    try:
-        run = finished_run(experiment.path, experiment.config)
-    except ValueError as error:
-        return None, str(error)
-    return (run, None) if run is not None else (None, "unfinished")
 
 
 def _axis(experiment: Experiment, key: str) -> str:
@@ -147,7 +151,7 @@ def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell
     table: dict[tuple[str, str], Cell] = {}
     for experiment in sweep.experiments:
         row = _axis(experiment, sweep.rows)
-        run, problem = status(experiment)
+        run, problem = experiment.status()
         for column in _columns_of(experiment, sweep, pair_columns):
             for suffix, measure in measures.items():
                 key = (row, f"{column} {suffix}".strip())
@@ -199,14 +203,14 @@ def _format(cell: Cell) -> str:
 
 
 def markdown(sweep: Sweep, table: list[Cell] | None = None) -> str:
-    """The sweep's table in Markdown: each cell "best mean ± std / last mean", then
-    "[paper, difference]" where the paper reports the setting, and the share of seeds
-    finished when some are missing."""
+    """The sweep's table in Markdown under its ``title`` (the data included): each cell "best
+    mean ± std / last mean", then "[paper, difference]" where the paper reports the setting, and
+    the share of seeds finished when some are missing."""
     table = cells(sweep) if table is None else table
     rows = list(dict.fromkeys(cell.row for cell in table))
     columns = list(dict.fromkeys(cell.column for cell in table))
     by_key = {(cell.row, cell.column): cell for cell in table}
-    lines = [f"**{sweep.title}** (best ± std / last, %" + ("" if sweep.top5 else " top-1")
+    lines = [f"**{title(sweep)}** (best ± std / last, %" + ("" if sweep.top5 else " top-1")
              + (", [paper, difference]" if sweep.paper else "") + ")", "",
              "| " + " | ".join([f"{sweep.rows} \\ {sweep.columns}", *columns]) + " |",
              "|" + "---|" * (len(columns) + 1)]

@@ -46,7 +46,7 @@ import torch
 from catkd import config as configs
 from catkd import device as devices
 from catkd import plan, probe, train
-from catkd.runs import SUMMARY, Run
+from catkd.runs import SUMMARY, Run, finished_run
 
 SWEEP_KEYS = ("title", "configs", "seeds", "grid", "variants", "overrides", "rows", "columns",
               "paper", "probe", "top5")
@@ -80,6 +80,24 @@ class Experiment:
 
     def fit(self, quiet: bool = False, title: str | None = None) -> Run:
         return train.fit(self.config_file, self.overrides, quiet=quiet, title=title)
+
+    def status(self) -> tuple[Run | None, str | None]:
+        """(the finished run, None), or (None, what is wrong): "missing", "unfinished", or why
+        its folder cannot be used (made by another config, corrupt)."""
+        if not self.path.exists():
+            return None, "missing"
+        try:
+            run = finished_run(self.path, self.config)
+        except ValueError as error:
+            return None, str(error)
+        return (run, None) if run is not None else (None, "unfinished")
+
+    def teacher_run(self) -> Run | None:
+        """The finished run of the teacher this run trains first; None where it has no teacher,
+        loads a published one (``teacher.checkpoint``) or its teacher has not finished. A
+        teacher's folder made by another config is a ValueError, as in ``finished_run``."""
+        folder = _teacher_folder(self.config)
+        return None if folder is None else finished_run(folder, train.teacher_config(self.config))
 
 
 @dataclass

@@ -2,10 +2,17 @@
 path), and the ``slow`` marker's meaning: tests that take more than a few seconds (training
 runs, the notebooks, the book); ``pytest -m "not slow"`` (``make test-fast``) leaves them out."""
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from catkd import models
+from catkd import config, models, runs, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ROOT / "configs" / "quick"
 
 # A run that trains in seconds on a CPU: digits (8x8), a resnet8, two epochs.
 TINY = ["data.dataset=digits", "data.batch_size=32", "data.crop_padding=1", "student=resnet8",
@@ -52,3 +59,18 @@ def make_models(seed: int = 0, in_channels: int = 1) -> tuple[nn.Module, nn.Modu
                 buffer.uniform_(0.5, 2.0)
         torch.nn.init.uniform_(model.fc.bias, -1.0, 1.0)
     return student, teacher
+
+
+def write_sweep(folder: Path, text: str) -> Path:
+    """A sweep file ``table.yaml`` in ``folder`` from ``text``, where QUICK names the quick
+    configs' folder."""
+    path = folder / "table.yaml"
+    path.write_text(text.replace("QUICK", os.path.relpath(QUICK, folder)))
+    return path
+
+
+def fake_run(experiment: sweep.Experiment, best: float, last: float) -> None:
+    """A finished run folder as `fit` leaves it, as far as a report reads it."""
+    experiment.path.mkdir(parents=True)
+    (experiment.path / "config.yaml").write_text(config.dump(experiment.config))
+    (experiment.path / runs.SUMMARY).write_text(json.dumps({"best_acc": best, "last_acc": last}))

@@ -17,23 +17,9 @@ import papermill
 import pytest
 import torch
 
-from catkd import config, report, runs, sweep
+from conftest import QUICK, ROOT, fake_run, write_sweep
 
-ROOT = Path(__file__).resolve().parent.parent
-QUICK = ROOT / "configs" / "quick"
-
-
-def write_sweep(folder: Path, text: str) -> Path:
-    path = folder / "table.yaml"
-    path.write_text(text.replace("QUICK", os.path.relpath(QUICK, folder)))
-    return path
-
-
-def fake_run(experiment: sweep.Experiment, best: float, last: float) -> None:
-    """A finished run folder as `fit` leaves it, as far as a report reads it."""
-    experiment.path.mkdir(parents=True)
-    (experiment.path / "config.yaml").write_text(config.dump(experiment.config))
-    (experiment.path / runs.SUMMARY).write_text(json.dumps({"best_acc": best, "last_acc": last}))
+from catkd import config, report, runs, sweep, train
 
 
 @pytest.fixture
@@ -113,6 +99,37 @@ def test_every_shipped_sweep_expands_and_its_paper_numbers_find_cells(path):
         assert cell.runs or cell.row not in rows_run, (path.name, cell.row, cell.column)
 
 
+def test_an_experiment_says_whether_its_run_is_finished_and_what_is_wrong(table):
+    ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
+    assert ce_seed0.status() == (None, "missing")
+    fake_run(ce_seed0, 80.0, 79.0)
+    run, problem = ce_seed0.status()
+    assert problem is None and run.path == ce_seed0.path and run.summary["best_acc"] == 80.0
+    ce_seed1.path.mkdir(parents=True)  # started: its config is there, no summary yet
+    (ce_seed1.path / "config.yaml").write_text(config.dump(ce_seed1.config))
+    assert ce_seed1.status() == (None, "unfinished")
+    ce_seed2.path.mkdir(parents=True)
+    (ce_seed2.path / "config.yaml").write_text(
+        config.dump(config.resolve(ce_seed2.config, ["optim.lr=0.3"])))
+    run, problem = ce_seed2.status()
+    assert run is None and "different config" in problem
+
+
+def test_teacher_run_is_the_finished_run_of_the_teacher_trained_first(table):
+    ce, kd = table.experiments[0], table.experiments[3]
+    assert kd.config["method"] == "kd" and ce.teacher_run() is None  # ce has no teacher
+    assert kd.teacher_run() is None  # not trained yet
+    teacher_config = train.teacher_config(kd.config)
+    folder = Path(teacher_config["out"]) / config.run_name(teacher_config)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(config.dump(teacher_config))
+    (folder / runs.SUMMARY).write_text(json.dumps({"best_acc": 95.0, "last_acc": 94.0}))
+    assert kd.teacher_run().path == folder and kd.teacher_run().summary["best_acc"] == 95.0
+    # A published teacher is loaded, not trained: there is no run of it.
+    published = sweep.Experiment.of(QUICK / "kd.yaml", [*kd.overrides, "teacher.checkpoint=t.pth"])
+    assert published.teacher_run() is None
+
+
 def test_index_out_of_range_says_how_many_runs(table):
     with pytest.raises(ValueError, match="has 9 runs"):
         sweep.run(table, index=9)
@@ -136,7 +153,11 @@ def test_report_means_stds_and_paper_differences(table, tmp_path):
     assert (cells["catkd"].finished, cells["catkd"].runs, cells["catkd"].problems) == \
         (2, 3, ["missing"])
 
+    assert kd.mean_best == pytest.approx(87.0) and report.Cell("x", "y").mean_best is None
+
     text, csv_path, markdown_path = report.report(table, tmp_path / "reports")
+    # The title names the data the runs trained on, read from their configs.
+    assert text.startswith("**a table; trained on fashion-mnist** (")
     assert "| kd | 87.00 ± 2.65 / 86.00 [88.00, -1.00] |" in text
     assert "| catkd | 90.00 ± 1.41 / 89.00 [90.00, +0.00] (2/3 seeds) |" in text
     assert markdown_path.read_text() == text
