@@ -40,6 +40,12 @@ __all__ = ["overlay", "pick", "batched", "logit_check", "cam_grid", "cam_view", 
 
 Outputs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
+# The book shows a figure at most about 700 px wide, 7 inches at matplotlib's 100 dpi, and
+# scales a wider one down, its text with it. The figures that fill the page (the CAM grids and
+# the explorer, the metric panels) stay within that width and write no text below 9 pt.
+PAGE_WIDTH = 7.0  # inches
+TEXT_SIZE = 9  # points
+
 
 def overlay(image: torch.Tensor, cam_map: torch.Tensor, alpha: float = 0.5,
             colormap: str = "jet") -> np.ndarray:
@@ -161,7 +167,8 @@ def cam_grid(pixels: torch.Tensor, outputs: Outputs, classes: torch.Tensor,
     outputs: {model name: (logits (n, K), cams (n, K, h, w))}.
     classes: int64 (n, k), the classes to show for each image (e.g. a model's top k).
     One row per image and model: the image (in its first row), then for each class the CAM
-    over the image, titled with the class name and that model's probability for it.
+    over the image, titled with the class name and that model's probability for it. Panels
+    of ``size`` inches, smaller where the grid would be wider than the page.
     """
     if not outputs:
         raise ValueError("cam_grid needs at least one model's outputs")
@@ -171,7 +178,8 @@ def cam_grid(pixels: torch.Tensor, outputs: Outputs, classes: torch.Tensor,
         raise ValueError(f"{len(pixels)} images but classes for {n}")
     probabilities = _probabilities(outputs)
     rows = n * len(outputs)
-    figure = Figure(figsize=(size * (k + 1), size * 1.12 * rows), layout="constrained")
+    size = min(size, PAGE_WIDTH / (k + 1))  # the page's width, not wider: text keeps its size
+    figure = Figure(figsize=(size * (k + 1), size * 1.3 * rows), layout="constrained")
     axes = np.asarray(figure.subplots(rows, k + 1, squeeze=False))
     for i in range(n):
         for m, (name, (_, cams)) in enumerate(outputs.items()):
@@ -179,14 +187,15 @@ def cam_grid(pixels: torch.Tensor, outputs: Outputs, classes: torch.Tensor,
             if m == 0:
                 row[0].imshow(_display(pixels[i]), cmap="gray", vmin=0, vmax=1)
                 if labels is not None:
-                    row[0].set_title(f"label: {class_names[int(labels[i])]}", fontsize=8)
+                    row[0].set_title(f"label\n{class_names[int(labels[i])]}",
+                                     fontsize=TEXT_SIZE)
             row[0].axis("off")
             for j, cls in enumerate(classes[i].tolist()):
                 row[j + 1].imshow(overlay(pixels[i], cams[i, cls].detach().cpu()))
-                row[j + 1].set_title(f"{class_names[cls]}: {probabilities[name][i, cls]:.2f}",
-                                     fontsize=8)
+                row[j + 1].set_title(f"{class_names[cls]}\n{probabilities[name][i, cls]:.2f}",
+                                     fontsize=TEXT_SIZE)
                 _hide_frame(row[j + 1])
-            row[1].set_ylabel(name, fontsize=9)
+            row[1].set_ylabel(name, fontsize=TEXT_SIZE)
     return figure
 
 
@@ -225,13 +234,14 @@ def cam_view(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[str],
 
 
 def cam_explorer(pixels: torch.Tensor, outputs: Outputs, class_names: Sequence[str],
-                 labels: torch.Tensor | None = None, live: bool = True, static_classes: int = 10):
+                 labels: torch.Tensor | None = None, live: bool = True, static_classes: int = 5):
     """Explore CAMs: pick an image, a class and a model (or all models side by side).
 
     live=True: an ipywidgets box that redraws ``cam_view`` when a control changes (it needs a
     running kernel, e.g. JupyterLab); the class starts at the first model's top class for the
     chosen image. live=False: a static stand-in for batch runs and books: ``cam_grid`` of the
-    first image, all models, the first model's top ``static_classes`` classes (all if fewer).
+    first image, all models, the first model's top ``static_classes`` classes (all if fewer;
+    five fit the page's width with legible titles).
     """
     first = next(iter(outputs))
     top = _probabilities(outputs)[first].argsort(dim=1, descending=True)
@@ -323,10 +333,9 @@ def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor,
 
 
 def seed_bars(values: Mapping[str, Mapping[str, Sequence[float]]],
-              references: Mapping[str, Mapping[str, float]] | None = None,
-              size: tuple[float, float] | None = None) -> Figure:
-    """One panel per metric: a bar per run label at the mean over seeds, the standard deviation
-    as an error bar and each seed's value as a dot.
+              references: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """One panel per metric, at most three a row across the page: a bar per run label at the
+    mean over seeds, the standard deviation as an error bar and each seed's value as a dot.
 
     values: {metric name: {run label: one value per seed}}; every metric lists the same labels.
     references: {line label: {metric name: value}}, drawn as dashed lines (e.g. a teacher, chance)
@@ -337,8 +346,13 @@ def seed_bars(values: Mapping[str, Mapping[str, Sequence[float]]],
     labels = list(next(iter(values.values())))
     if any(list(per_label) != labels for per_label in values.values()):
         raise ValueError(f"every metric must list the same run labels, in order: {labels}")
-    figure = Figure(figsize=size or (2.6 * len(values), 2.6), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(values)))
+    columns = min(3, len(values))
+    rows = -(-len(values) // columns)
+    figure = Figure(figsize=(PAGE_WIDTH * columns / 3, 2.4 * rows), layout="constrained")
+    grid = np.asarray(figure.subplots(rows, columns, squeeze=False)).flatten()
+    for unused in grid[len(values):]:
+        figure.delaxes(unused)
+    axes = grid[:len(values)]
     x = np.arange(len(labels))
     for axis, (metric, per_label) in zip(axes, values.items()):
         samples = [np.asarray(per_label[label], dtype=float) for label in labels]
@@ -352,10 +366,11 @@ def seed_bars(values: Mapping[str, Mapping[str, Sequence[float]]],
             if metric in per_metric:
                 axis.axhline(per_metric[metric], color=colour, linestyle="--", linewidth=1,
                              label=line)
-        axis.set_xticks(x, labels, fontsize=8, rotation=30)
-        axis.set_title(metric, fontsize=9)
+        axis.set_xticks(x, labels, fontsize=TEXT_SIZE, rotation=30)
+        axis.tick_params(axis="y", labelsize=TEXT_SIZE)
+        axis.set_title(metric, fontsize=TEXT_SIZE)
     if references:
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=TEXT_SIZE)
     return figure
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from catkd import cam, data, figures, models
 
@@ -74,8 +75,8 @@ def test_cam_grid_has_a_row_per_image_and_model_and_titles_with_probabilities(ou
     probabilities = out["student"][0].softmax(dim=1)
     # Row 2 is the first image's student row; its first CAM is of the teacher's top class.
     cls = int(classes[0, 0])
-    assert figure.axes[1 * 4 + 1].get_title() == f"{cls}: {probabilities[0, cls]:.2f}"
-    assert figure.axes[0].get_title() == f"label: {int(labels[0])}"
+    assert figure.axes[1 * 4 + 1].get_title() == f"{cls}\n{probabilities[0, cls]:.2f}"
+    assert figure.axes[0].get_title() == f"label\n{int(labels[0])}"
     with pytest.raises(ValueError):
         figures.cam_grid(pixels, {}, classes, digits.classes)
     with pytest.raises(ValueError):
@@ -93,6 +94,25 @@ def test_cam_view_and_static_explorer(outputs, digits):
     static = figures.cam_explorer(pixels, out, digits.classes, labels, live=False,
                                   static_classes=4)
     assert isinstance(static, Figure) and len(static.axes) == 2 * (4 + 1)
+
+
+def legible(figure: Figure) -> bool:
+    """Whether ``figure`` fits the book's page (so it is not scaled down) and writes no text
+    smaller than ``figures.TEXT_SIZE``."""
+    figure.draw_without_rendering()  # lays it out, ticks included
+    texts = [text for text in figure.findobj(Text) if text.get_visible() and text.get_text()]
+    return figure.get_size_inches()[0] <= figures.PAGE_WIDTH + 1e-9 and \
+        all(text.get_fontsize() >= figures.TEXT_SIZE for text in texts)
+
+
+def test_the_static_explorer_and_the_metric_panels_are_legible_at_page_width(outputs, digits):
+    pixels, labels, out = outputs
+    explorer = figures.cam_explorer(pixels, out, digits.classes, labels, live=False)
+    assert len(explorer.axes) == 2 * (5 + 1) and legible(explorer)
+    metrics = ["accuracy", "pointing", "energy", "iou", "agreement"]
+    panels = figures.seed_bars({metric: {"ce": [0.4, 0.5], "catkd": [0.5, 0.6]}
+                                for metric in metrics}, {"teacher": {"accuracy": 99.0}})
+    assert [axis.get_title() for axis in panels.axes] == metrics and legible(panels)
 
 
 def test_live_explorer_follows_the_chosen_image(outputs, digits, monkeypatch):
