@@ -5,7 +5,8 @@ The package is layered; each layer imports only those before it:
 CAMs from the forward pass) -> ``losses`` (CAT, KD, DKD, AT, FitNet's hint, RKD's distance and
 angle, OFD, CRD and ReviewKD's HCL as pure functions) -> ``methods`` (a batch -> named loss
 terms) -> ``config`` -> ``runs`` (the run folder and its readers) -> ``train`` (``fit``: the
-engine) -> ``probe`` (linear probing), ``sweep`` and ``report`` (the paper's tables).
+engine) -> ``probe`` (linear probing), ``sweep`` and ``report`` (the paper's tables) ->
+``chapter`` (what every notebook of the book does: setup, tables shown, claims counted).
 ``python -m catkd`` is the command line.
 """
 

@@ -1,0 +1,118 @@
+"""catkd.chapter, the notebooks' face: setup, claims and their count, tables shown."""
+
+import os
+
+import pytest
+import torch
+from IPython.display import Markdown
+from matplotlib.figure import Figure
+
+from conftest import ROOT, fake_run, write_sweep
+
+from catkd import chapter, figures, sweep
+
+TABLE = """
+title: a table
+configs: [QUICK/ce.yaml, QUICK/catkd.yaml]
+seeds: [0, 1]
+"""
+
+
+@pytest.fixture
+def shown(monkeypatch) -> list:
+    """What the chapter displays, in order (instead of a notebook's output)."""
+    displayed = []
+    monkeypatch.setattr(chapter, "display", displayed.append)
+    return displayed
+
+
+def reading(tmp_path, **settings) -> chapter.Chapter:
+    """A chapter that reads runs in ``tmp_path/runs`` and trains nothing."""
+    return chapter.Chapter(profile="quick", device="cpu", jobs=1, check=True,
+                           overrides=[f"out={tmp_path / 'runs'}"], train_missing=False,
+                           **settings)
+
+
+def test_setup_resolves_the_device_jobs_and_switch_from_the_parameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # restored after the test: setup changes into the project
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    smoke = chapter.setup("smoke", "auto", "runs/smoke", ["data.dataset=digits"])
+    assert os.getcwd() == str(ROOT)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert smoke.device == expected and smoke.jobs == sweep.default_jobs(expected)
+    assert smoke.overrides == ["out=runs/smoke", f"runtime.device={expected}",
+                               "data.dataset=digits"]
+    assert smoke.check is False and smoke.train_missing and smoke.seeds is None
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    quick = chapter.setup("quick", "cpu", "runs", [], jobs=3, seeds=(0,))
+    assert (quick.device, quick.jobs, quick.check, quick.seeds) == ("cpu", 3, True, [0])
+    assert chapter.setup("smoke", "cpu", "runs", [], check=True).check is True
+
+
+def test_claims_are_counted_and_asserted_with_their_words(tmp_path, capsys):
+    checked = reading(tmp_path)
+    assert checked.claim(True, "catkd 80.00% is above ce 70.00%") is True
+    with pytest.raises(AssertionError, match="does not hold at profile quick: ce 70.00% is above"):
+        checked.claim(False, "ce 70.00% is above catkd 80.00%")
+    assert checked.claims == 2
+    assert "holds: catkd 80.00% is above ce 70.00%" in capsys.readouterr().out
+
+    # With the switch off (smoke) a claim that does not hold is reported, then listed by done.
+    reported = reading(tmp_path, check=False, found_runs=True)
+    assert reported.claim(False, "ce is above catkd") is False
+    reported.claim(True, "catkd is above chance")
+    reported.done()
+    printed = capsys.readouterr().out
+    assert "does not hold (not asserted at profile quick): ce is above catkd" in printed
+    assert "2 claims compared (not asserted at profile quick): 1 held" in printed
+    assert "did not hold: ce is above catkd" in printed
+
+
+def test_done_fails_when_runs_exist_but_no_claim_was_compared(tmp_path, capsys):
+    with pytest.raises(AssertionError, match="compared none of its claims"):
+        reading(tmp_path, found_runs=True).done()
+    # No finished run (the paper profile before its jobs ran): said, not passed silently.
+    reading(tmp_path).done()
+    assert "No finished run yet at profile quick, so no claim was compared" in \
+        capsys.readouterr().out
+
+
+def test_table_shows_the_sweep_and_its_figure_and_returns_its_cells(tmp_path, shown):
+    path = write_sweep(tmp_path, TABLE)
+    reader = reading(tmp_path)
+    loaded, cells = reader.table(path, figures.table_bars)
+    assert not reader.found_runs and len(shown) == 1  # nothing finished: no figure
+    assert "trained on fashion-mnist" in shown[0].data and "(2 missing)" in shown[0].data
+
+    for experiment in loaded.experiments:
+        fake_run(experiment, 80.0 + experiment.config["seed"], 79.0)
+    shown.clear()
+    loaded, cells = reader.table(path, figures.table_bars)
+    markdown, figure = shown
+    assert isinstance(markdown, Markdown) and isinstance(figure, Figure)
+    assert markdown.data.startswith("**a table; trained on fashion-mnist**")
+    assert figure.get_suptitle() == "a table; trained on fashion-mnist"
+    assert set(cells) == {("ce", "resnet20-resnet8"), ("catkd", "resnet20-resnet8")}
+    assert cells["catkd", "resnet20-resnet8"].mean_best == pytest.approx(80.5)
+    assert reader.found_runs
+
+
+def test_fit_without_train_missing_lists_each_missing_runs_command_once(tmp_path):
+    path = write_sweep(tmp_path, TABLE)
+    loaded = sweep.load(path, [f"out={tmp_path / 'runs'}"])
+    fake_run(loaded.experiments[0], 80.0, 79.0)
+    with pytest.raises(RuntimeError, match="missing: 3 run") as stopped:
+        reading(tmp_path).fit([*loaded.experiments, loaded.experiments[1]])
+    commands = [line for line in str(stopped.value).splitlines()
+                if line.startswith("python -m catkd train")]
+    assert commands == [experiment.command() for experiment in loaded.experiments[1:]]
+
+
+def test_show_table_renders_markdown_under_its_title(shown):
+    chapter.show_table(["method", "accuracy (%)"], [("ce", "70.00"), ("catkd", 80.0)],
+                       "digits, seed 0")
+    (table,) = shown
+    assert isinstance(table, Markdown)
+    assert table.data.splitlines() == ["**digits, seed 0**", "", "| method | accuracy (%) |",
+                                       "|---|---|", "| ce | 70.00 |", "| catkd | 80.0 |"]
