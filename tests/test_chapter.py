@@ -26,25 +26,28 @@ def shown(monkeypatch) -> list:
     return displayed
 
 
-def reading(tmp_path, **settings) -> chapter.Chapter:
-    """A chapter that reads runs in ``tmp_path/runs`` and trains nothing."""
-    return chapter.Chapter(profile="quick", device="cpu", jobs=1, check=True,
+def reading(tmp_path, check: bool = True, found_runs: bool = False) -> chapter.Chapter:
+    """A chapter of the quick profile that reads runs in ``tmp_path/runs`` and trains nothing."""
+    return chapter.Chapter(profile="quick", device="cpu", jobs=1, check=check,
                            overrides=[f"out={tmp_path / 'runs'}"], train_missing=False,
-                           **settings)
+                           found_runs=found_runs)
 
 
 def test_setup_resolves_the_device_jobs_and_switch_from_the_parameters(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # restored after the test: setup changes into the project
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    smoke = chapter.setup("smoke", "auto", "runs/smoke", ["data.dataset=digits"])
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        smoke = chapter.setup("smoke", "auto", "runs/smoke", ["data.dataset=digits"])
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:  # torch's own settings, not monkeypatch's to restore
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     assert os.getcwd() == str(ROOT)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert smoke.device == expected and smoke.jobs == sweep.default_jobs(expected)
     assert smoke.overrides == ["out=runs/smoke", f"runtime.device={expected}",
                                "data.dataset=digits"]
     assert smoke.check is False and smoke.train_missing and smoke.seeds is None
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     quick = chapter.setup("quick", "cpu", "runs", [], jobs=3, seeds=(0,))
     assert (quick.device, quick.jobs, quick.check, quick.seeds) == ("cpu", 3, True, [0])
     assert chapter.setup("smoke", "cpu", "runs", [], check=True).check is True
