@@ -171,6 +171,19 @@ def test_every_page_of_the_toc_renders_with_its_figures(book, name, tmp_path):
     assert len(shown) >= images, f"{name}: {images} figures in the notebook, images shown: {sizes}"
 
 
+def test_the_smoke_books_tables_name_the_data_they_were_measured_on(book):
+    """The smoke profile trains on digits (chapter 6 on synthetic images) through the quick
+    sweep files: every report table says so, and none says Fashion-MNIST."""
+    for notebook in NOTEBOOKS:
+        cells = json.loads((book / "notebooks" / notebook.name).read_text())["cells"]
+        shown = ["".join(output.get("data", {}).get("text/markdown", ""))
+                 for cell in cells for output in cell.get("outputs", [])]
+        tables = [text for text in shown if "|---" in text]
+        assert not [text for text in tables if "fashion" in text.lower()], notebook.name
+        reports = [text for text in tables if "; trained on " in text]
+        assert all("; trained on digits**" in text for text in reports), notebook.name
+
+
 def test_first_page_screenshot_is_kept_and_is_a_picture(book, tmp_path):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
