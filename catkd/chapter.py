@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
@@ -44,6 +45,8 @@ class Chapter:
     jobs: int  # worker processes that train missing runs
     check: bool  # assert the claims (off at the smoke size: seconds of training)
     overrides: list[str]  # for every run: out, runtime.device, then the profile's overrides
+    # For every run that distils: the chapter's teacher parameter (empty: the configs' teachers)
+    teacher_overrides: list[str] = field(default_factory=list)
     train_missing: bool = True  # train missing runs; False: stop or report what exists
     seeds: list[int] | None = None  # replaces the sweep files' seeds
     claims: int = 0  # claims compared so far
@@ -65,11 +68,22 @@ class Chapter:
         self.found_runs = self.found_runs or bool(runs)
         return runs
 
+    def load(self, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Sweep:
+        """The sweep file ``path`` with this chapter's overrides (then ``overrides``), seeds and
+        teacher."""
+        return sweep.load(path, [*self.overrides, *overrides], self.seeds, self.teacher_overrides)
+
+    def experiment(self, config_file: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
+        """The run of ``config_file`` with this chapter's overrides (then ``overrides``), its
+        teacher the chapter's if it distils."""
+        return Experiment.of(config_file, sweep.with_teacher(
+            config_file, [*self.overrides, *overrides], self.teacher_overrides))
+
     def table(self, path: str | os.PathLike, plot: Plot | None = None) -> tuple[Sweep, Cells]:
         """The sweep file ``path`` with this chapter's overrides and seeds, its missing runs
         trained if ``train_missing``, its table shown (Markdown, then ``plot`` of its cells
         where a run has finished); returns the sweep and its cells by (row, column)."""
-        loaded = sweep.load(path, self.overrides, self.seeds)
+        loaded = self.load(path)
         if self.train_missing:
             sweep.run(loaded, jobs=self.jobs)
         cells = report.cells(loaded)
@@ -114,14 +128,20 @@ class Chapter:
 
 def setup(profile: str, device: str, out: str, overrides: Sequence[str],
           jobs: int | None = None, check: bool | None = None, train_missing: bool = True,
-          seeds: Sequence[int] | None = None) -> Chapter:
+          seeds: Sequence[int] | None = None, teacher: str | None = None,
+          teacher_checkpoint: str | None = None) -> Chapter:
     """The first code cell of every chapter, from its parameters.
 
     Changes into the project root (config paths and run folders are relative to it, wherever
     the notebook runs); resolves ``device`` "auto"; turns TF32 off, so that float32 means
     float32 on a GPU too; ``jobs`` None: ``sweep.default_jobs`` for the device; ``check`` None:
-    on for every profile but smoke, whose runs are seconds of training.
+    on for every profile but smoke, whose runs are seconds of training. ``teacher`` (a model
+    name) replaces the teacher of every run that has one, trained on the chapter's data with
+    the run's recipe unless ``teacher_checkpoint`` gives its weights; None: the configs' own.
     """
+    if teacher_checkpoint is not None and teacher is None:
+        raise ValueError("teacher_checkpoint needs teacher, the name of the model it holds "
+                         "(e.g. -p teacher resnet56 -p teacher_checkpoint PATH)")
     os.chdir(ROOT)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     resolved = str(devices.resolve(device))
@@ -129,8 +149,31 @@ def setup(profile: str, device: str, out: str, overrides: Sequence[str],
         profile=profile, device=resolved,
         jobs=sweep.default_jobs(resolved) if jobs is None else jobs,
         check=profile != "smoke" if check is None else check,
-        overrides=[f"out={out}", f"runtime.device={resolved}", *overrides],
-        train_missing=train_missing, seeds=None if seeds is None else list(seeds))
+        overrides=[f"out={out}", f"runtime.device={resolved}", *listed(overrides, "overrides")],
+        train_missing=train_missing,
+        seeds=None if seeds is None else listed(seeds, "seeds", int),
+        teacher_overrides=[] if teacher is None else [
+            f"teacher.model={teacher}",
+            f"teacher.checkpoint={'null' if teacher_checkpoint is None else teacher_checkpoint}"])
+
+
+def listed(value: Sequence[Any] | str, name: str, item_type: type = str) -> list:
+    """A list parameter as papermill may pass it: a list, or text read as YAML, which is what
+    ``papermill -p overrides "[teacher.model=resnet56, loss.resolution=2]"`` gives (one item
+    without brackets is a list of one). Anything else is a ValueError naming the parameter."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else []
+        except yaml.YAMLError as error:
+            raise ValueError(f"parameter {name}: {value!r} is not a YAML list ({error})") from None
+        if isinstance(value, item_type):
+            value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, item_type) and not isinstance(item, bool) for item in value):
+        raise ValueError(f"parameter {name} must be a list of {item_type.__name__} values, e.g. "
+                         + ("[teacher.model=resnet56, loss.resolution=2]" if item_type is str
+                            else "[0, 1, 2]") + f"; got {value!r}")
+    return list(value)
 
 
 def show_table(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:

@@ -262,9 +262,8 @@ def resolve(config: dict | str | PathLike | None = None,
 
 def _check(config: dict) -> None:
     for key, name in (("student", config["student"]), ("teacher.model", config["teacher"]["model"])):
-        if name is not None and name not in models.names():
-            raise ValueError(f"unknown model {key}={name!r}; valid names: "
-                             f"{', '.join(models.names())}")
+        if name is not None:
+            models.check(name, f"model {key}=")
     if config["data"]["dataset"] not in data.names():
         raise ValueError(f"unknown dataset data.dataset={config['data']['dataset']!r}; valid "
                          f"names: {', '.join(data.names())}")

@@ -150,11 +150,22 @@ def _variants(path: Path, variants: dict | None) -> list[tuple[str | None, list[
     return [(str(name), overrides) for name, overrides in variants.items()]
 
 
+def with_teacher(config_file: str | os.PathLike, overrides: Sequence[str],
+                 teacher_overrides: Sequence[str]) -> tuple[str, ...]:
+    """``overrides``, then ``teacher_overrides`` if the run of ``config_file`` with
+    ``overrides`` distils from a teacher (a run without one is left alone)."""
+    if teacher_overrides and configs.resolve(config_file, overrides)["teacher"]["model"]:
+        return (*overrides, *teacher_overrides)
+    return tuple(overrides)
+
+
 def load(path: str | os.PathLike, overrides: Iterable[str] = (),
-         seeds: Sequence[int] | None = None) -> Sweep:
+         seeds: Sequence[int] | None = None, teacher_overrides: Sequence[str] = ()) -> Sweep:
     """Read and expand a sweep file; ``overrides`` (e.g. ``out=...``) apply to every run after
-    the file's own and before the grid's, and ``seeds`` replaces the file's seeds. Every run's config is resolved here,
-    so a bad key fails before anything trains."""
+    the file's own and before the variants' and the grid's, ``teacher_overrides`` (e.g.
+    ``teacher.model=resnet56``) after them to the runs that distil from a teacher only, and
+    ``seeds`` replaces the file's seeds. Every run's config is resolved here, so a bad key fails
+    before anything trains."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist")
@@ -168,13 +179,14 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
     seeds = list(spec.get("seeds", [0]) if seeds is None else seeds)
     experiments: list[Experiment] = []
     for config_file in _config_files(path, spec["configs"]):
+        shared = with_teacher(config_file, (*spec.get("overrides", []), *overrides),
+                              teacher_overrides)
         for variant, variant_overrides in _variants(path, spec.get("variants")):
             for combination in _grid(spec.get("grid") or {}):
                 for seed in seeds:
                     # The variants and the grid are the sweep's subject: they win over the
-                    # caller's overrides.
-                    run_overrides = (*spec.get("overrides", []), *overrides, *variant_overrides,
-                                     *combination, f"seed={seed}")
+                    # caller's overrides (a variant that names its own teacher keeps it).
+                    run_overrides = (*shared, *variant_overrides, *combination, f"seed={seed}")
                     experiment = Experiment.of(config_file, run_overrides, variant)
                     # A run twice in one sweep is one run; under two variant names it is both.
                     if (experiment.path, variant) not in {(known.path, known.variant)

@@ -265,22 +265,27 @@ def train_epoch(state: StepState, batches: Iterable, epoch: int) -> dict:
     state.method.train()
     totals: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
+    # The first step (0-based) whose loss was not finite, -1 while none was.
+    nonfinite_step = torch.full((), -1.0, device=device)
     seen = 0
-    for images, labels, *indices in batches:
+    for step, (images, labels, *indices) in enumerate(batches):
         images = images.to(device, non_blocking=True, memory_format=state.memory_format)
         labels = labels.to(device, non_blocking=True)
         indices = [index.to(device, non_blocking=True) for index in indices]
         with _autocast(device, state.bf16):
             logits, losses = state.step(images, labels, epoch, *indices)
         optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        loss = sum(losses.values())
+        loss.backward()
         optimizer.step()
         if state.schedule_every_batch:
             schedule.step()
-        # Summed on the device: no synchronisation per batch.
+        # Summed and checked on the device: no synchronisation per batch.
         for term, value in losses.items():
             totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
+        nonfinite_step = torch.where((nonfinite_step < 0) & ~torch.isfinite(loss.detach()),
+                                     float(step), nonfinite_step)
         seen += len(labels)
     if not state.schedule_every_batch:
         schedule.step()
@@ -288,7 +293,11 @@ def train_epoch(state: StepState, batches: Iterable, epoch: int) -> dict:
                                     torch.tensor(float(seen), device=device)])).tolist()
     *term_sums, correct_sum, seen_sum = sums
     averages = {f"loss_{term}": total / seen_sum for term, total in zip(totals, term_sums)}
-    return {**averages, "loss": sum(term_sums) / seen_sum, "train_acc": 100 * correct_sum / seen_sum}
+    result = {**averages, "loss": sum(term_sums) / seen_sum,
+              "train_acc": 100 * correct_sum / seen_sum}
+    if nonfinite_step.item() >= 0:  # this rank's first step with a NaN or infinite loss
+        result["nonfinite_step"] = int(nonfinite_step.item()) + 1
+    return result
 
 
 def fit(config: dict | str | os.PathLike | None = None, overrides=(),
@@ -399,9 +408,11 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
                     if term.startswith("loss_") and not math.isfinite(value)}
         if diverged:
             term, value = next(iter(diverged.items()))
+            first = averages.get("nonfinite_step")
+            where = f" (first at step {first} of the epoch)" if first else ""
             raise RuntimeError(f"{path}: the loss term {term} became {value} in epoch "
-                               f"{epoch + 1}; the run stopped, unfinished, and kept nothing of "
-                               f"that epoch: lower optim.lr or check the loss settings")
+                               f"{epoch + 1}{where}; the run stopped, unfinished, and kept "
+                               f"nothing of that epoch: lower optim.lr or check the loss settings")
         _share_rank_0_buffers(student)
         evaluation = evaluate(student, loaders.test, shape[0], device, runtime["bf16"])
         seconds += time.perf_counter() - started
@@ -446,8 +457,12 @@ def _dry_step(config: dict, shape: tuple[int, int], image_size: int,
     teacher_name = config["teacher"]["model"]
     teacher = (models.create(teacher_name, num_classes=num_classes, in_channels=in_channels)
                if teacher_name else None)
-    method = methods.create(config["method"], build_student(config, shape), teacher,
-                            train_labels=train_labels, **config["loss"])
+    try:
+        method = methods.create(config["method"], build_student(config, shape), teacher,
+                                train_labels=train_labels, **config["loss"])
+    except TypeError as error:  # cam.convert's: a model whose head is not GAP + one Linear
+        raise ValueError(f"method {config['method']!r} cannot use student {config['student']} "
+                         f"and teacher {teacher_name}: {error}") from error
     images = torch.zeros(2, in_channels, image_size, image_size)
     indices = [torch.arange(2)] if method.needs_sample_indices else []
     with torch.no_grad():

@@ -233,7 +233,8 @@ def test_a_last_pt_of_another_run_is_refused(tmp_path, capsys, runs, into, sourc
 
 # ------------------------------------------------------------------------ NaN and finished runs
 def test_a_loss_that_becomes_nan_stops_the_run_unfinished(tmp_path, capsys):
-    with pytest.raises(RuntimeError, match="the loss term loss_ce became nan in epoch 1"):
+    with pytest.raises(RuntimeError, match=r"the loss term loss_ce became nan in epoch 1 "
+                                           r"\(first at step \d+ of the epoch\)"):
         train.fit(None, tiny(tmp_path, "optim.lr=1.0e+10"), quiet=True)
     assert "loss_ce became nan in epoch 1" in refused(capsys, "train",
                                                       *tiny(tmp_path, "optim.lr=1.0e+10"))
@@ -458,3 +459,11 @@ def test_a_cam_resolution_larger_than_the_maps_stops_before_the_teacher_trains(t
     assert error.startswith("error: ") and "resolution must be an int in 1..2" in error
     assert error.count("\n") == 1  # one line
     assert not [path for path in tmp_path.iterdir() if path.is_dir()], "nothing trained"
+
+
+def test_a_teacher_whose_head_has_no_cams_is_one_line_before_it_trains(tmp_path, capsys):
+    message = refused(capsys, "train", *tiny(tmp_path, "method=cat", "loss.resolution=1",
+                                             "teacher.model=torchvision.mobilenet_v3_small"))
+    assert "cannot use student resnet8 and teacher torchvision.mobilenet_v3_small" in message
+    assert "global average pooling followed by exactly one nn.Linear" in message
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()], "a run folder was made"

@@ -119,3 +119,43 @@ def test_show_table_renders_markdown_under_its_title(shown):
     assert isinstance(table, Markdown)
     assert table.data.splitlines() == ["**digits, seed 0**", "", "| method | accuracy (%) |",
                                        "|---|---|", "| ce | 70.00 |", "| catkd | 80.0 |"]
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["loss.beta=5"], ["loss.beta=5"]),
+    ("[teacher.model=resnet56, loss.resolution=2]", ["teacher.model=resnet56", "loss.resolution=2"]),
+    ("loss.beta=5", ["loss.beta=5"]),
+    ("", []),
+])
+def test_list_parameters_arrive_as_lists_or_as_papermill_s_text(given, expected):
+    assert chapter.listed(given, "overrides") == expected
+
+
+def test_a_parameter_that_is_no_list_names_itself():
+    assert chapter.listed("[0, 1]", "seeds", int) == [0, 1]
+    with pytest.raises(ValueError, match=r"parameter seeds must be a list of int values"):
+        chapter.listed("[zero]", "seeds", int)
+    with pytest.raises(ValueError, match=r"parameter overrides must be a list of str values"):
+        chapter.listed("{a: 1}", "overrides")
+    with pytest.raises(ValueError, match=r"parameter overrides: .* is not a YAML list"):
+        chapter.listed("[a, b", "overrides")
+
+
+def test_the_teacher_parameter_replaces_the_teacher_of_the_runs_that_distil(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with_resnet56 = chapter.setup("quick", "cpu", str(tmp_path / "runs"), [],
+                                  teacher="resnet56", teacher_checkpoint="teachers/r56.pt")
+    assert with_resnet56.teacher_overrides == ["teacher.model=resnet56",
+                                               "teacher.checkpoint=teachers/r56.pt"]
+    loaded = with_resnet56.load(write_sweep(tmp_path, TABLE))
+    assert [(experiment.config["method"], experiment.config["teacher"]["model"],
+             experiment.config["teacher"]["checkpoint"]) for experiment in loaded.experiments] == \
+        [("ce", None, None)] * 2 + [("catkd", "resnet56", "teachers/r56.pt")] * 2
+    cat = with_resnet56.experiment(ROOT / "configs/quick/cat.yaml", ["seed=4"])
+    assert (cat.config["teacher"]["model"], cat.config["seed"]) == ("resnet56", 4)
+    plain = chapter.setup("quick", "cpu", str(tmp_path / "runs"), [], teacher="resnet32")
+    assert plain.teacher_overrides == ["teacher.model=resnet32", "teacher.checkpoint=null"]
+    assert chapter.setup("quick", "cpu", "runs", []).teacher_overrides == []
+    with pytest.raises(ValueError, match="teacher_checkpoint needs teacher"):
+        chapter.setup("quick", "cpu", "runs", [], teacher_checkpoint="r56.pt")

@@ -1,13 +1,14 @@
 """The zoo against the published CIFAR-100 teacher checkpoints' parameter names and shapes."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from catkd import models
+from catkd import cam, models
 
 SHAPES = json.loads((Path(__file__).parent / "cifar100_teacher_state_dict_shapes.json").read_text())
 
@@ -69,3 +70,29 @@ def test_forward_convention(name):
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown model 'resnet9'.*resnet8x4"):
         models.create("resnet9")
+
+
+@pytest.mark.parametrize("name", ["torchvision.resnet18", "torchvision.mobilenet_v3_small",
+                                  "timm.resnet18"])
+def test_models_from_outside_the_zoo_are_built_untrained_for_the_data(name):
+    model = models.create(name, num_classes=10, in_channels=1).eval()
+    logits = model(torch.randn(2, 1, 32, 32))
+    assert logits.shape == (2, 10)
+
+
+def test_a_torchvision_teacher_gives_its_cams_and_a_head_that_is_not_gap_linear_says_so():
+    resnet = models.create("torchvision.resnet18", num_classes=10, in_channels=1).eval()
+    images = torch.randn(2, 1, 64, 64)
+    logits, cams = cam.convert(resnet)(images)
+    torch.testing.assert_close(logits, resnet(images))
+    assert cams.shape == (2, 10, 2, 2)
+    with pytest.raises(TypeError, match="global average pooling followed by exactly one"):
+        cam.convert(models.create("torchvision.mobilenet_v3_small", num_classes=10))
+
+
+@pytest.mark.parametrize("name, listed", [
+    ("resnt20", "or torchvision.<name>"), ("torchvision.resnet", "torchvision classifiers: "),
+    ("timm.no_such_model", "timm's model names")])
+def test_an_unknown_model_name_lists_what_would_be_right(name, listed):
+    with pytest.raises(ValueError, match=f"unknown model '{name}'; valid names: .*{re.escape(listed)}"):
+        models.create(name)

@@ -398,3 +398,19 @@ def test_default_jobs_is_a_worker_per_core_on_a_cpu(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert sweep.default_jobs("cpu") == 6
     assert sweep.default_jobs("auto") == (1 if torch.cuda.is_available() else 6)
+
+
+def test_teacher_overrides_reach_the_distilling_runs_and_leave_a_variant_s_own_teacher(tmp_path):
+    path = write_sweep(tmp_path, """
+configs: [QUICK/cat.yaml]
+variants:
+  student: []
+  "producer: resnet14": [teacher.model=resnet14]
+""")
+    loaded = sweep.load(path, teacher_overrides=["teacher.model=resnet32"])
+    assert [(experiment.variant, experiment.config["teacher"]["model"])
+            for experiment in loaded.experiments] == [("student", "resnet32"),
+                                                      ("producer: resnet14", "resnet14")]
+    plain = sweep.load(write_sweep(tmp_path, "configs: [QUICK/ce.yaml]\n"),
+                       teacher_overrides=["teacher.model=resnet32"])
+    assert plain.experiments[0].config["teacher"]["model"] is None

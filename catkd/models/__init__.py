@@ -22,6 +22,6 @@ from catkd.models import (  # noqa: F401  (importing a module registers its mode
 )
 from catkd.models.base import GAPClassifier
 from catkd.models.checkpoint import load_checkpoint
-from catkd.models.registry import create, names, register
+from catkd.models.registry import check, create, names, register
 
-__all__ = ["GAPClassifier", "create", "load_checkpoint", "names", "register"]
+__all__ = ["GAPClassifier", "check", "create", "load_checkpoint", "names", "register"]

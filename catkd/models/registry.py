@@ -23,17 +23,83 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 
 def names() -> list[str]:
-    """Every model name ``create`` accepts, sorted case-insensitively."""
+    """Every model name of the zoo, sorted case-insensitively. ``create`` also builds models from
+    outside it: "torchvision.<name>" (a torchvision classifier) and "timm.<name>"."""
     return sorted(_FACTORIES, key=str.lower)
 
 
+def check(name: str, key: str = "model ") -> None:
+    """Refuse a name ``create`` cannot build, with the valid ones (``key`` leads the message,
+    e.g. "model student=")."""
+    if not isinstance(name, str):
+        raise ValueError(f"unknown {key}{name!r}: a model is named by text, e.g. 'resnet20'")
+    source, _, architecture = name.partition(".")
+    if name in _FACTORIES or (architecture and source in _OUTSIDE
+                              and architecture in _OUTSIDE[source][1]()):
+        return
+    hint = {"torchvision": "torchvision classifiers: " + ", ".join(_torchvision_names()),
+            "timm": "timm's model names (timm.list_models())"}.get(source)
+    raise ValueError(f"unknown {key}{name!r}; valid names: " + (hint or (
+        ", ".join(names()) + ", or torchvision.<name> (a torchvision classifier, e.g. "
+        "torchvision.resnet18) or timm.<name> (a timm model)")))
+
+
 def create(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
-    """Build a freshly initialised model by name, e.g. ``create("resnet8x4", num_classes=10)``."""
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
+    """Build a freshly initialised model by name, e.g. ``create("resnet8x4", num_classes=10)``;
+    a torchvision or timm model by "torchvision.<name>" or "timm.<name>", with its classifier
+    sized to ``num_classes`` and its first convolution to ``in_channels``, never downloaded."""
+    check(name)
     if num_classes < 1 or in_channels < 1:
         raise ValueError(
             f"num_classes and in_channels must be >= 1, got num_classes={num_classes}, "
             f"in_channels={in_channels}"
         )
-    return _FACTORIES[name](num_classes, in_channels)
+    if name in _FACTORIES:
+        return _FACTORIES[name](num_classes, in_channels)
+    source, _, architecture = name.partition(".")
+    return _OUTSIDE[source][0](architecture, num_classes, in_channels)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision(architecture: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A torchvision classifier without weights, its stem taking ``in_channels`` channels."""
+    import torchvision
+
+    model = torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        # The stem is the first convolution in registration order: rebuilt for the channels.
+        name, stem = next((name, module) for name, module in model.named_modules()
+                          if isinstance(module, nn.Conv2d))
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], nn.Conv2d(
+            in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+            stem.dilation, stem.groups, stem.bias is not None))
+    return model
+
+
+def _timm_names() -> list[str]:
+    try:
+        import timm
+    except ImportError:
+        return []
+    return timm.list_models()
+
+
+def _timm(architecture: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm model without pretrained weights (timm sizes its own head and stem)."""
+    import timm
+
+    return timm.create_model(architecture, pretrained=False, num_classes=num_classes,
+                             in_chans=in_channels)
+
+
+# Model sources outside the zoo: prefix -> (build, the names it knows).
+_OUTSIDE: dict[str, tuple[Callable[[str, int, int], nn.Module], Callable[[], list[str]]]] = {
+    "torchvision": (_torchvision, _torchvision_names),
+    "timm": (_timm, _timm_names),
+}
