@@ -106,6 +106,25 @@ def test_notebook_runs_under_nbval_with_the_smoke_profile(notebook, tmp_path):
     assert " passed" in result.stdout and "failed" not in result.stdout
 
 
+def test_the_teacher_parameter_and_lists_given_as_text_reach_every_run_that_distils(tmp_path):
+    """papermill -p teacher resnet32 -p student_overrides "[loss.resolution=2]" on chapter 2:
+    its runs, listed before any trains, all distil from resnet32 (the producers too: they only
+    shorten the teacher's training) with the overrides read from the text."""
+    notebook = ROOT / "notebooks" / "02_cat_properties.ipynb"
+    parameters = {**profile("smoke", notebook), "train_missing": False,
+                  "out": str(tmp_path / "runs"), "teacher": "resnet32",
+                  "student_overrides": "[loss.resolution=2]"}
+    with pytest.raises(papermill.PapermillExecutionError) as stopped:
+        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"),
+                                   parameters=parameters, cwd=str(ROOT), progress_bar=False)
+    commands = [line for line in str(stopped.value).splitlines()
+                if line.startswith("python -m catkd train --config configs/quick/cat.yaml")]
+    assert len(commands) == 11
+    assert all("teacher.model=resnet32" in command and "loss.resolution=2" in command
+               for command in commands), commands
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
 @pytest.mark.parametrize("stem,runs", [("01_structure_revisit", 1), ("02_cat_properties", 11)])
 def test_without_train_missing_a_chapter_lists_the_commands_of_its_missing_runs(tmp_path, stem,
                                                                                  runs):
