@@ -22,6 +22,7 @@ examples:
   python -m catkd sweep configs/cifar100/sweeps/table6.yaml --index $SLURM_ARRAY_TASK_ID
   python -m catkd sweep configs/quick/sweeps/methods.yaml --jobs 2   # two worker processes
   python -m catkd sweep configs/quick/sweeps/*.yaml --jobs 2    # one plan for several tables
+  python -m catkd sweep configs/quick/sweeps/*.yaml --jobs 2 --plan   # how long, trained nothing
   python -m catkd report configs/cifar100/sweeps/table6.yaml --out reports
 
   # linear probing of a trained student on another dataset (Table 9)
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                             "plan, each run once")
     sweep.add_argument("--list", action="store_true", help="print one command per run and its "
                                                            "state; train nothing")
+    sweep.add_argument("--plan", action="store_true", help="print the plan (the runs still "
+                       "to train and their time here with --jobs workers); train nothing")
     sweep.add_argument("--jobs", default="1", metavar="N",
                        help="train the missing runs in N worker processes, each with its share "
                             "of the cores (on 2 cores: --jobs 2); auto: one per CPU core, one "
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     # Imported here so that --help answers at once.
-    from catkd import bench, config, data, methods, models, probe, report, sweep, train
+    from catkd import bench, config, data, methods, models, plan, probe, report, sweep, train
 
     try:
         if args.command == "list":
@@ -171,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             jobs = _jobs(args.jobs, loaded[0].experiments[0].config["runtime"]["device"])
             if len(loaded) > 1 and (args.list or args.index is not None):
                 raise ValueError("--list and --index take one sweep file")
-            if args.list:
+            if args.plan:
+                print(plan.estimate((experiment.config for each in loaded
+                                     for experiment in each.experiments), jobs))
+            elif args.list:
                 for number, experiment in enumerate(loaded[0].experiments):
                     _, problem = experiment.status()
                     print(f"{number}\t{problem or 'finished'}\t{experiment.command()}")

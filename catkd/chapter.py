@@ -139,6 +139,9 @@ def setup(profile: str, device: str, out: str, overrides: Sequence[str],
     name) replaces the teacher of every run that has one, trained on the chapter's data with
     the run's recipe unless ``teacher_checkpoint`` gives its weights; None: the configs' own.
     """
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ValueError(f"parameter jobs must be a positive number of worker processes, or "
+                         f"None (one per CPU core, one on a GPU); got {jobs!r}")
     if teacher_checkpoint is not None and teacher is None:
         raise ValueError("teacher_checkpoint needs teacher, the name of the model it holds "
                          "(e.g. -p teacher resnet56 -p teacher_checkpoint PATH)")

@@ -86,8 +86,8 @@ class RunProgress:
         left = elapsed / done * (self.epochs - epochs_done) if done > 0 else None
         self._replace(f"{self.name}: epoch {epoch + 1}/{self.epochs} {where}"
                       f"{'  ' + self._last_epoch if self._last_epoch else ''}"
-                      f"  {_minutes(elapsed)} elapsed"
-                      f"{', about ' + _minutes(left) + ' left' if left is not None else ''}")
+                      f"  {minutes(elapsed)} elapsed"
+                      f"{', about ' + minutes(left) + ' left' if left is not None else ''}")
 
     def _replace(self, line: str) -> None:
         """Show ``line`` as this run's one line in the notebook, in place of the last."""
@@ -100,5 +100,6 @@ class RunProgress:
             self._display.update(content, raw=True)
 
 
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
+    """``seconds`` for a reader: "42 s" below a minute and a half, else "3.5 min"."""
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

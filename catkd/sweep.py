@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -46,7 +47,10 @@ import torch
 from catkd import config as configs
 from catkd import device as devices
 from catkd import plan, probe, train
+from catkd.progress import RunProgress, minutes
 from catkd.runs import SUMMARY, Run, finished_run
+
+STATUS_SECONDS = 30  # how often workers' progress is shown while no run finishes
 
 SWEEP_KEYS = ("title", "configs", "seeds", "grid", "variants", "overrides", "rows", "columns",
               "paper", "probe", "top5")
@@ -284,16 +288,32 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
               [config for _, config in students]]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failures: dict[Path, str] = {}
+    total, done, started = sum(map(len, stages)), 0, time.perf_counter()
+    # The workers train quietly (their output would not reach a notebook): this process shows
+    # a status line, replaced in place in a notebook, so that a long run is not taken for a hang.
+    status = RunProgress("worker processes", 1, not quiet)
     # spawn, not fork: a forked copy of a process that has run torch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         for stage in stages:
             stage = [config for config in stage if _teacher_folder(config) not in failures]
-            for path, error in pool.imap_unordered(_fit_quietly, stage):
+            results = pool.imap_unordered(_fit_quietly, stage)
+            while True:
+                try:
+                    path, error = results.next(timeout=STATUS_SECONDS)
+                except StopIteration:
+                    break
+                except multiprocessing.TimeoutError:
+                    status.say(f"{done} of {total} runs finished, "
+                               f"{min(jobs, len(stage))} training, "
+                               f"{minutes(time.perf_counter() - started)} elapsed")
+                    continue
+                done += 1
                 if error is not None:
                     failures[path] = error
                 if not quiet:
-                    print(f"{'failed' if error else 'finished'}: {path}"
+                    print(f"{'failed' if error else 'finished'}: {path} ({done} of {total}, "
+                          f"{minutes(time.perf_counter() - started)} elapsed)"
                           f"{': ' + error if error else ''}", flush=True)
     for path, config in students:
         teacher_path = _teacher_folder(config)

@@ -159,3 +159,9 @@ def test_the_teacher_parameter_replaces_the_teacher_of_the_runs_that_distil(tmp_
     assert chapter.setup("quick", "cpu", "runs", []).teacher_overrides == []
     with pytest.raises(ValueError, match="teacher_checkpoint needs teacher"):
         chapter.setup("quick", "cpu", "runs", [], teacher_checkpoint="r56.pt")
+
+
+@pytest.mark.parametrize("jobs", [0, "two", True])
+def test_a_jobs_parameter_that_is_no_count_of_workers_names_itself(jobs):
+    with pytest.raises(ValueError, match="parameter jobs must be a positive number"):
+        chapter.setup("quick", "cpu", "runs", [], jobs=jobs)

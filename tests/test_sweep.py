@@ -19,7 +19,8 @@ import torch
 
 from conftest import QUICK, ROOT, fake_run, write_sweep
 
-from catkd import config, report, runs, sweep, train
+from catkd import bench, config, report, runs, sweep, train
+from catkd.__main__ import main
 
 
 @pytest.fixture
@@ -414,3 +415,28 @@ variants:
     plain = sweep.load(write_sweep(tmp_path, "configs: [QUICK/ce.yaml]\n"),
                        teacher_overrides=["teacher.model=resnet32"])
     assert plain.experiments[0].config["teacher"]["model"] is None
+
+
+def test_worker_processes_show_how_far_they_are_while_no_run_finishes(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The workers train quietly; this process says how many runs finished and for how long
+    they have been training, so that a notebook shows a long run moving."""
+    monkeypatch.setattr(sweep, "STATUS_SECONDS", 0.2)
+    loaded = sweep.load(write_sweep(tmp_path, TINY_SWEEP), [f"out={tmp_path / 'runs'}"])
+    failures = sweep._train_in_workers(loaded.experiments, jobs=2, quiet=False)
+    printed = capsys.readouterr().out
+    assert failures == {}
+    assert "0 of 4 runs finished, 1 training" in printed  # the teacher alone, first
+    assert f"finished: {loaded.experiments[-1].path} (" in printed and "4 of 4, " in printed
+
+
+def test_sweep_plan_prints_the_plan_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
+                        {"step_ms": {names[0]: 10.0}})
+    path = write_sweep(tmp_path, TINY_SWEEP)
+    out = tmp_path / "runs"
+    assert main(["sweep", str(path), "--plan", "--jobs", "2", f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs to train (of 4 asked for, teachers included)" in printed
+    assert "in 2 worker processes" in printed
+    assert not out.exists()
