@@ -347,6 +347,25 @@ def _check_settings(method: str, settings: dict) -> None:
     methods.check_settings(method, settings, prefix="loss.")
 
 
+def teacher_config(config: dict) -> dict:
+    """The config that trains the teacher a distillation config asks for.
+
+    The teacher sees the whole training set (reductions apply to the student only), seed 0 and
+    the student's recipe with ``teacher.epochs``. Its run folder sits beside the student's, so
+    ``python -m catkd teacher`` with the same data and recipe makes the same run.
+    """
+    return resolve({
+        "out": config["out"],
+        "method": "ce",
+        "student": config["teacher"]["model"],
+        "data": {**config["data"], "classes": None, "fraction": 1.0},
+        "optim": {**config["optim"],
+                  "epochs": config["teacher"]["epochs"] or config["optim"]["epochs"]},
+        "seed": 0,
+        "runtime": config["runtime"],
+    })
+
+
 def identity(config: dict) -> str:
     """A stable hash of what a run computes: everything but the execution keys, and the
     method's revision once its computation has changed (``catkd.methods.revision``)."""

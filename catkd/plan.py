@@ -51,7 +51,7 @@ def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int 
     teachers: set[Path] = set()
     for config in run_configs:
         if config["teacher"]["model"] and not config["teacher"]["checkpoint"]:
-            teacher = train.teacher_config(config)
+            teacher = configs.teacher_config(config)
             asked.setdefault(_folder(teacher), teacher)
             teachers.add(_folder(teacher))
         asked.setdefault(_folder(config), config)

@@ -76,7 +76,8 @@ def title(sweep: Sweep) -> str:
 
 def label(config: dict, key: str) -> str:
     """A run's label along one axis: ``"pair"`` (teacher-student, or the student alone) or the
-    value of a dotted config key, e.g. ``"loss.beta"`` -> ``"15"``."""
+    value of a dotted config key, e.g. ``"loss.beta"`` -> ``"15"``, ``"loss.normalize"`` ->
+    ``"l2"`` or ``"none"``."""
     if key == "pair":
         teacher = config["teacher"]["model"]
         return f"{teacher}-{config['student']}" if teacher else config["student"]
@@ -86,7 +87,12 @@ def label(config: dict, key: str) -> str:
             raise ValueError(f"report axis {key!r} is not a config key (e.g. method, loss.beta, "
                              f"data.fraction, pair)")
         value = value[part]
-    return str(value)
+    return _text(value)
+
+
+def _text(value) -> str:
+    """A label's text: ``None`` (no normalisation, no classes subset, ...) reads "none"."""
+    return "none" if value is None else str(value)
 
 
 def _axis(experiment: Experiment, key: str) -> str:
@@ -170,8 +176,8 @@ def cells(sweep: Sweep, measures: dict[str, Measure] | None = None) -> list[Cell
     # cell of its own, so that the table shows it rather than dropping it.
     for row, numbers in sweep.paper.items():
         for column, number in numbers.items():
-            # YAML reads keys such as 15 or null as numbers or None; labels are strings.
-            key = (str(row), str(column))
+            # YAML reads keys such as 15 as numbers; labels are strings.
+            key = (_text(row), _text(column))
             table.setdefault(key, Cell(*key, problems=["no run configured"])).paper = number
     return list(table.values())
 

@@ -25,7 +25,9 @@ A sweep file names configs, seeds and an optional grid; every combination is one
 
 Runs go through ``catkd.train.fit``, so each is cached by its config: ``run`` skips what is
 finished, resumes what was interrupted, and waits for a run another process is training. A
-sweep with ``probe`` also trains each run's linear probes, cached in its folder.
+sweep with ``probe`` also trains each run's linear probes, cached in its folder. Reading a
+sweep (its runs, their status, its table) loads no training code: ``catkd.train`` is imported
+where a run trains.
 ``--index I`` on the command line runs the I-th run only (one job of a cluster job array).
 """
 
@@ -46,7 +48,7 @@ import torch
 
 from catkd import config as configs
 from catkd import device as devices
-from catkd import plan, probe, train
+from catkd import probe
 from catkd.progress import RunProgress, minutes
 from catkd.runs import SUMMARY, Run, finished_run
 
@@ -83,6 +85,8 @@ class Experiment:
                            *self.overrides])
 
     def fit(self, quiet: bool = False, title: str | None = None) -> Run:
+        from catkd import train  # the training loop loads only where something trains
+
         return train.fit(self.config_file, self.overrides, quiet=quiet, title=title)
 
     def status(self) -> tuple[Run | None, str | None]:
@@ -101,7 +105,7 @@ class Experiment:
         loads a published one (``teacher.checkpoint``) or its teacher has not finished. A
         teacher's folder made by another config is a ValueError, as in ``finished_run``."""
         folder = _teacher_folder(self.config)
-        return None if folder is None else finished_run(folder, train.teacher_config(self.config))
+        return None if folder is None else finished_run(folder, configs.teacher_config(self.config))
 
 
 @dataclass
@@ -239,6 +243,8 @@ def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
     so that no worker waits for another's teacher."""
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
+    from catkd import plan  # calibrates by timing training steps: loads the training loop
+
     if not quiet:
         print(plan.estimate((experiment.config for experiment in experiments), jobs), flush=True)
     failures = _train_in_workers(experiments, jobs, quiet) if jobs > 1 else {}
@@ -270,7 +276,7 @@ def _teacher_folder(config: dict) -> Path | None:
     """The run folder of the teacher that ``config`` trains first, or None (none, or loaded)."""
     if not config["teacher"]["model"] or config["teacher"]["checkpoint"]:
         return None
-    teacher = train.teacher_config(config)
+    teacher = configs.teacher_config(config)
     return Path(teacher["out"]) / configs.run_name(teacher)
 
 
@@ -281,7 +287,7 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
     its students)."""
     students = list({experiment.path: experiment.config for experiment in experiments
                      if not (experiment.path / SUMMARY).is_file()}.items())
-    teachers = {_teacher_folder(config): train.teacher_config(config)
+    teachers = {_teacher_folder(config): configs.teacher_config(config)
                 for _, config in students if _teacher_folder(config) is not None}
     stages = [[config for path, config in teachers.items()
                if not (path / SUMMARY).is_file()],
@@ -325,6 +331,8 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
 def _fit_quietly(config: dict) -> tuple[Path, str | None]:
     """A worker's job: (run folder, None) once the run of ``config`` is finished, or (run
     folder, the error) if it failed."""
+    from catkd import train
+
     path = Path(config["out"]) / configs.run_name(config)
     try:
         train.fit(config, quiet=True)

@@ -121,32 +121,13 @@ def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
 
 # --------------------------------------------------------------------------- teachers
 
-def teacher_config(config: dict) -> dict:
-    """The config that trains the teacher a distillation config asks for.
-
-    The teacher sees the whole training set (reductions apply to the student only), seed 0 and
-    the student's recipe with ``teacher.epochs``. Its run folder sits beside the student's, so
-    ``python -m catkd teacher`` with the same data and recipe makes the same run.
-    """
-    return configs.resolve({
-        "out": config["out"],
-        "method": "ce",
-        "student": config["teacher"]["model"],
-        "data": {**config["data"], "classes": None, "fraction": 1.0},
-        "optim": {**config["optim"],
-                  "epochs": config["teacher"]["epochs"] or config["optim"]["epochs"]},
-        "seed": 0,
-        "runtime": config["runtime"],
-    })
-
-
 def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> nn.Module:
     """The teacher of a distillation config: from ``teacher.checkpoint``, or trained here."""
     spec = config["teacher"]
     if spec["checkpoint"]:
         teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
         return models.load_checkpoint(teacher, spec["checkpoint"])
-    teacher_run = teacher_config(config)
+    teacher_run = configs.teacher_config(config)
     path = Path(teacher_run["out"]) / configs.run_name(teacher_run)
     trained = (path / SUMMARY).is_file()
     if not quiet and not trained:

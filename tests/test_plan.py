@@ -34,7 +34,7 @@ def test_the_estimate_is_each_missing_run_s_steps_times_its_measured_step(tmp_pa
     assert estimate.seconds == pytest.approx(2 * epoch_of["ce"] + 2 * epoch_of["kd"]
                                              + epoch_of["ce"])
     assert (estimate.runs, len(estimate.missing)) == (3, 3)
-    teacher_folder = plan._folder(train.teacher_config(kd_run))
+    teacher_folder = plan._folder(config.teacher_config(kd_run))
     assert estimate.missing.index(teacher_folder) < estimate.missing.index(plan._folder(kd_run))
     # Each distinct step was measured once: ce resnet8 (the ce run, the teacher, every
     # evaluation) and kd resnet8 <- resnet8.
@@ -78,7 +78,7 @@ def test_an_estimate_for_two_workers_spreads_the_students_after_their_teacher(tm
                         {"step_ms": {names[0]: 1000 * measured[names[0]]}})
     ce_run, kd_run = configs(tmp_path)
     alone = {name: plan.estimate([run]).seconds for name, run in (("ce", ce_run), ("kd", kd_run))}
-    teacher = plan.estimate([train.teacher_config(kd_run)]).seconds
+    teacher = plan.estimate([config.teacher_config(kd_run)]).seconds
     both = plan.estimate([ce_run, kd_run], jobs=2)
     # The teacher alone first, then the two students side by side.
     assert both.seconds == pytest.approx(teacher + max(alone["ce"], alone["kd"] - teacher))

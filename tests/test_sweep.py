@@ -100,6 +100,14 @@ def test_every_shipped_sweep_expands_and_its_paper_numbers_find_cells(path):
         assert cell.runs or cell.row not in rows_run, (path.name, cell.row, cell.column)
 
 
+
+@pytest.mark.parametrize("name", ["table13", "table14"])
+def test_a_setting_left_out_labels_its_row_none_and_finds_the_paper_s_numbers(name):
+    loaded = sweep.load(ROOT / "configs" / "cifar100" / "sweeps" / f"{name}.yaml")
+    cells = report.cells(loaded)
+    assert {cell.row for cell in cells} == {"l2", "none"}
+    assert all(cell.runs and cell.paper is not None for cell in cells)
+
 def test_an_experiment_says_whether_its_run_is_finished_and_what_is_wrong(table):
     ce_seed0, ce_seed1, ce_seed2 = table.experiments[:3]
     assert ce_seed0.status() == (None, "missing")
@@ -120,7 +128,7 @@ def test_teacher_run_is_the_finished_run_of_the_teacher_trained_first(table):
     ce, kd = table.experiments[0], table.experiments[3]
     assert kd.config["method"] == "kd" and ce.teacher_run() is None  # ce has no teacher
     assert kd.teacher_run() is None  # not trained yet
-    teacher_config = train.teacher_config(kd.config)
+    teacher_config = config.teacher_config(kd.config)
     folder = Path(teacher_config["out"]) / config.run_name(teacher_config)
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(config.dump(teacher_config))
