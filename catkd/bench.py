@@ -91,13 +91,15 @@ def cifar_shaped(num_images: int, num_classes: int = 100, seed: int = 0, in_chan
 
 def _method(name: str, student: str, teacher: str, device: torch.device,
             channels_last: bool, dataset: data.ImageDataset,
-            settings: dict | None = None) -> methods.Method:
+            settings: dict | None = None, fast: bool = True) -> methods.Method:
+    """The method as the engine trains it (``fast``: its teacher's BatchNorms folded), or as
+    the authors' code does (not folded)."""
     torch.manual_seed(0)
     shape = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
     student_model = models.create(student, **shape)
     teacher_model = models.create(teacher, **shape) if methods.needs_teacher(name) else None
     method = methods.create(name, student_model, teacher_model, train_labels=dataset.labels,
-                            **(settings or {})).to(device)
+                            fold_teacher=fast, **(settings or {})).to(device)
     return method.to(memory_format=torch.channels_last) if channels_last else method
 
 
@@ -207,7 +209,8 @@ def bench(method: str = "catkd", student: str = "resnet8x4", teacher: str = "res
         "workers": workers,
     }
     per_step = _interleaved({
-        "authors": _timer(_method(method, student, teacher, device, False, dataset),
+        "authors": _timer(_method(method, student, teacher, device, False, dataset,
+                                  fast=False),
                           authors_loader, device, False, False, False),
         "fast": _timer(_method(method, student, teacher, device, channels_last, dataset),
                        fast_loader, device, bf16, channels_last, compile_step),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from catkd import bench, config as configs, data, train
+from catkd import bench, config as configs, data
 from catkd.runs import SUMMARY
 from catkd import device as devices
 

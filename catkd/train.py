@@ -335,7 +335,7 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     _seed_everything(config["seed"], runtime["deterministic"])
     student = build_student(config, shape)
     method = methods.create(config["method"], student, teacher, train_labels=loaders.train_labels,
-                            **config["loss"]).to(device)
+                            fold_teacher=True, **config["loss"]).to(device)
     memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)

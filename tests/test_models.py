@@ -96,3 +96,63 @@ def test_a_torchvision_teacher_gives_its_cams_and_a_head_that_is_not_gap_linear_
 def test_an_unknown_model_name_lists_what_would_be_right(name, listed):
     with pytest.raises(ValueError, match=f"unknown model '{name}'; valid names: .*{re.escape(listed)}"):
         models.create(name)
+
+
+def _with_running_statistics(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with BatchNorm statistics and affine weights away from 0 and 1,
+    so that a fold that dropped or misapplied any of them would show."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5),
+                                      (module.running_var, 0.5, 2.0),
+                                      (module.weight.data, 0.5, 1.5),
+                                      (module.bias.data, -0.2, 0.2)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet32x4", "wrn_16_2", "ShuffleV2",
+                                  "MobileNetV2", "imagenet_resnet18"])
+def test_folding_batchnorms_keeps_logits_features_and_stages(name):
+    torch.manual_seed(0)
+    model = _with_running_statistics(models.create(name, num_classes=10))
+    size = 64 if name.startswith("imagenet") else 32
+    images = torch.randn(2, 3, size, size)
+    stage = model.get_submodule(model.stages[-1])  # where a feature method taps the model
+    stage_outputs = []
+
+    def outputs() -> tuple[torch.Tensor, ...]:
+        hook = stage.register_forward_hook(lambda module, args, output: stage_outputs.append(output))
+        with torch.no_grad():
+            logits, features = model(images), model.forward_features(images)
+        hook.remove()
+        return logits, features, stage_outputs[-1]
+
+    before = outputs()
+    norms = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+
+    folded = models.fold_batchnorm(model)
+
+    left = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    assert folded > 0 and left == norms - folded
+    for after, expected in zip(outputs(), before):
+        torch.testing.assert_close(after, expected, rtol=1e-4,
+                                   atol=1e-4 * expected.abs().max().item())
+
+
+def test_folding_leaves_a_convolution_whose_output_is_used_twice():
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            features = self.conv(x)
+            return self.norm(features) + features  # the raw features are needed too
+
+    model = _with_running_statistics(Branches())
+    images = torch.randn(2, 3, 8, 8)
+    expected = model(images)
+    assert models.fold_batchnorm(model) == 0
+    torch.testing.assert_close(model(images), expected)

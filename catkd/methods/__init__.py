@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from catkd import models
 from catkd.methods.at import AT
 from catkd.methods.base import Method
 from catkd.methods.cat import CAT, CATKD
@@ -96,14 +97,20 @@ def revision(name: str) -> int:
 
 
 def create(name: str, student: nn.Module, teacher: nn.Module | None = None,
-           train_labels: torch.Tensor | None = None, **overrides: Any) -> Method:
+           train_labels: torch.Tensor | None = None, fold_teacher: bool = False,
+           **overrides: Any) -> Method:
     """Build method ``name`` on ``student`` (and ``teacher``), overriding default settings.
 
     ``train_labels``, the (N,) labels of the whole training set, is required by the methods that
     index the training set (``needs_sample_indices``) and ignored by the others.
+    ``fold_teacher`` folds the teacher's BatchNorms into its convolutions, in place, before the
+    method hooks it (``catkd.models.fold_batchnorm``: the same teacher, less work per step; the
+    engine's fast path does it), except where the step trains them (``teacher_batchnorm_trains``).
     """
     method_class = _method_class(name)
     check_settings(name, overrides)
+    if fold_teacher and teacher is not None and not method_class.teacher_batchnorm_trains:
+        models.fold_batchnorm(teacher)
     if not method_class.needs_sample_indices:
         return method_class(student, teacher, **overrides)
     if train_labels is None:

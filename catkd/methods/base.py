@@ -33,6 +33,8 @@ class Method(nn.Module):
 
     The teacher is frozen once here (no gradients, eval mode) and stays in eval mode when the
     method is put in training mode: its BatchNorm statistics are those it was trained with.
+    A method whose step normalises the teacher with the batch's statistics (OFD) sets
+    ``teacher_batchnorm_trains``.
     """
 
     needs_teacher: bool = True
@@ -48,6 +50,9 @@ class Method(nn.Module):
     # allows nonsense: a weight below 0 would push the student away from its teacher, a
     # temperature of 0 divides by zero. Checked before any work (``catkd.methods.check_settings``).
     ranges: ClassVar[dict[str, Range]] = {}
+    # True where the step puts the teacher in training mode, so that its BatchNorms use the
+    # batch's statistics (and can therefore not be folded into its convolutions).
+    teacher_batchnorm_trains: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -68,7 +73,7 @@ class Method(nn.Module):
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.eval()
+            self.teacher.train(mode and self.teacher_batchnorm_trains)
         return self
 
     def forward(

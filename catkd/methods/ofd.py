@@ -29,9 +29,9 @@ class OFD(Method):
     ``stages`` keeps only that many of the deepest stages (None: all; mdistiller's ImageNet OFD
     distils the three deepest). Terms: ``ce``, ``ofd``.
 
-    Unlike the other methods, ``train()`` puts the teacher in training mode too, as OFD's own
-    code (``t_net.train()``) and mdistiller's OFD (its ``train()`` override) do, which is how
-    the published OFD numbers were made: in the student's step the teacher's BatchNorms
+    Unlike the other methods, ``train()`` puts the teacher in training mode too
+    (``teacher_batchnorm_trains``), as OFD's own code (``t_net.train()``) and mdistiller's OFD
+    (its ``train()`` override) do, which is how the published OFD numbers were made: in the student's step the teacher's BatchNorms
     normalise with the batch's statistics and move their running statistics, in memory only
     (its weights, its checkpoint and the margins stay as they are). ``eval()`` puts it back in
     eval mode.
@@ -41,6 +41,7 @@ class OFD(Method):
               "stages": (lambda value: value is None or value >= 1, "null or at least 1")}
 
     revision = 2  # 2: the teacher in train mode during the step; margins in float64
+    teacher_batchnorm_trains = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  ofd_weight: float = 1e-3, stages: int | None = None) -> None:
@@ -68,11 +69,6 @@ class OFD(Method):
                                  persistent=False)
         self.ce_weight = ce_weight
         self.ofd_weight = ofd_weight
-
-    def train(self, mode: bool = True) -> OFD:
-        super().train(mode)
-        self.teacher.train(mode)
-        return self
 
     def margins(self) -> list[torch.Tensor]:
         """The (C_i,) margin of each teacher stage."""
