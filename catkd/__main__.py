@@ -23,6 +23,7 @@ examples:
   python -m catkd sweep configs/quick/sweeps/methods.yaml --jobs 2   # two worker processes
   python -m catkd sweep configs/quick/sweeps/*.yaml --jobs 2    # one plan for several tables
   python -m catkd sweep configs/quick/sweeps/*.yaml --jobs 2 --plan   # how long, trained nothing
+  python -m catkd sweep configs/quick/sweeps/*.yaml --teacher resnet56   # another teacher
   python -m catkd report configs/cifar100/sweeps/table6.yaml --out reports
 
   # linear probing of a trained student on another dataset (Table 9)
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
                             "on a GPU")
     sweep.add_argument("--index", type=int, help="run only the I-th run (0-based), e.g. "
                                                  "$SLURM_ARRAY_TASK_ID")
+    sweep.add_argument("--teacher", metavar="NAME",
+                       help="replace the teacher of every run that has one (a variant that names "
+                            "its own keeps it), as a chapter's teacher parameter does, so that "
+                            "make book TEACHER=NAME trains the runs its chapters read")
+    sweep.add_argument("--teacher-checkpoint", metavar="PATH",
+                       help="the weights of --teacher (default: trained on the run's data)")
 
     report = commands.add_parser("report", help="a sweep's table from its run folders")
     report.add_argument("files", nargs="+", metavar="FILE", help="sweep YAML file(s)")
@@ -140,6 +147,19 @@ def _jobs(value: str, device: str) -> int:
         raise ValueError(f"--jobs takes a number of worker processes or auto, got {value!r}")
 
 
+def _teacher_overrides(teacher: str | None, checkpoint: str | None) -> list[str]:
+    """sweep's --teacher and --teacher-checkpoint as ``sweep.load``'s teacher overrides, the
+    same ones a chapter's teacher parameters give (``catkd.chapter.setup``): the runs they name
+    are the runs the chapters of ``make book TEACHER=...`` look for."""
+    if checkpoint is not None and teacher is None:
+        raise ValueError("--teacher-checkpoint needs --teacher, the name of the model it holds "
+                         "(e.g. --teacher resnet56 --teacher-checkpoint PATH)")
+    if teacher is None:
+        return []
+    return [f"teacher.model={teacher}",
+            f"teacher.checkpoint={'null' if checkpoint is None else checkpoint}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --config: argparse leaves those after it unparsed.
@@ -152,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         args.files = [item for item in args.files if "=" not in item]
     if extra:
         args.overrides = [*args.overrides, *extra]
-    # Imported here so that --help answers at once.
-    from catkd import bench, config, data, methods, models, plan, probe, report, sweep, train
+    # Imported here so that --help answers at once; the training loop (train, and bench and
+    # plan, which time it) only where a command trains or times.
+    from catkd import config, data, methods, models, probe, report, sweep
 
     try:
         if args.command == "list":
@@ -162,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(names))
             return 0
         if args.command == "bench":
+            from catkd import bench
+
             bench.bench(args.method, args.student, args.teacher, args.device, args.steps,
                         args.warmup, args.rounds, workers=args.workers,
                         compile_step=args.compile,
@@ -170,11 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                         out=args.out)
             return 0
         if args.command == "sweep":
-            loaded = [sweep.load(file, args.overrides) for file in args.files]
+            teacher = _teacher_overrides(args.teacher, args.teacher_checkpoint)
+            loaded = [sweep.load(file, args.overrides, teacher_overrides=teacher)
+                      for file in args.files]
             jobs = _jobs(args.jobs, loaded[0].experiments[0].config["runtime"]["device"])
             if len(loaded) > 1 and (args.list or args.index is not None):
                 raise ValueError("--list and --index take one sweep file")
             if args.plan:
+                from catkd import plan
+
                 print(plan.estimate((experiment.config for each in loaded
                                      for experiment in each.experiments), jobs))
             elif args.list:
@@ -193,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(text)
                 print(f"written: {csv_path}, {markdown_path}\n")
             return 0
+        from catkd import train
+
         if args.command == "train":  # fit prints the result and the run folder
             train.fit(args.config, args.overrides)
         elif args.command == "teacher":
