@@ -15,34 +15,47 @@ no model. That is catkd's choice, not the authors' training setup: their CAT and
 students have no bias at all (logits = GAP(CAM)), which ``catkd.methods.cat`` reproduces by
 zeroing and freezing the student's bias.
 
-``convert`` accepts three kinds of model:
+``convert`` accepts four kinds of model:
 
 * the catkd zoo and timm-style models (``forward_features`` / ``forward_head``): the head is
   traced with ``torch.fx`` and checked to be GAP + one Linear;
+* token models (``forward_features`` returning (N, T, D) tokens, e.g. timm's ViT / DeiT with
+  ``global_pool="avg", fc_norm=False``) whose head slices off its prefix tokens (a class token,
+  register tokens), averages the remaining h x w patch tokens and applies one Linear: the
+  average over the patch grid is a GAP, so applying the Linear to each patch token gives CAMs
+  (N, K, h, w) whose mean is the logits (``tokens_to_map`` lays the tokens out on their grid);
 * other classifiers that ``torch.fx`` can trace (torchvision's ResNets, ShuffleNetV2,
   MobileNetV2, ...): the model is split at its last global average pooling and the part after
   it is checked the same way;
-* anything else gets a ``TypeError`` that says what head is needed, never a wrong CAM.
+* anything else gets a ``TypeError`` that says what head is needed, never a wrong CAM: a
+  class-token head (``x[:, 0]``), a norm or an MLP after the pooling, attention pooling.
 
 Between the pooling and the Linear the head may flatten, reshape or apply dropout. Dropout is
 the identity in eval mode; the converted model leaves it out in training mode too (the CAMs are
 the quantity trained on, and no zoo student has head dropout).
+
+For heads that are not linear after the pooling (ConvNeXt's norm, MobileNetV3's MLP, VGG's MLP)
+no CAM exists: ``catkd.gradcam`` gives gradient maps instead, which are *not* the model's logits
+decomposed.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["CAMModel", "convert", "class_activation_maps", "grad_cam", "grad_cam_from_cams",
-           "upsample"]
+__all__ = ["CAMModel", "convert", "class_activation_maps", "tokens_to_map", "upsample"]
 
 HEAD_NEEDED = (
     "catkd.cam.convert needs a classifier whose head is global average pooling followed by "
-    "exactly one nn.Linear (flatten, reshape or dropout may sit between them)"
+    "exactly one nn.Linear (flatten, reshape or dropout may sit between them; a token model's "
+    "mean over its patch tokens, prefix tokens sliced off, counts as the pooling)"
 )
 
 
@@ -76,7 +89,7 @@ def convert(model: nn.Module) -> CAMModel:
     """Convert a GAP + Linear classifier so that its forward also returns CAMs.
 
     The result's logits equal ``model``'s (up to float rounding); its CAMs have shape
-    (N, K, H, W) where H x W is the size of the last feature map.
+    (N, K, H, W) where H x W is the size of the last feature map, or a token model's patch grid.
     """
     if isinstance(model, CAMModel):
         return model
@@ -86,16 +99,57 @@ def convert(model: nn.Module) -> CAMModel:
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         head = _trace(_HeadOf(model), name)
         features_node = next(node for node in head.graph.nodes if node.op == "placeholder")
-        classifier = _classifier_after(head, features_node, name)
-        return CAMModel(model, model.forward_features, classifier)
+        classifier, prefix = _classifier_after(head, features_node, name)
+        if prefix is None:  # a feature map (N, C, H, W)
+            return CAMModel(model, model.forward_features, classifier)
+        return CAMModel(model, _token_features(model, prefix, name), classifier)
 
     traced = _trace(model, name)
     pools = [node for node in traced.graph.nodes if _is_global_average_pool(node, traced)]
     if not pools:
         raise TypeError(f"{HEAD_NEEDED}; {name} has no global average pooling")
     features_node = pools[-1].args[0]
-    classifier = _classifier_after(traced, features_node, name)
+    classifier, _ = _classifier_after(traced, features_node, name)
     return CAMModel(model, _truncate(traced, features_node).forward, classifier)
+
+
+def _token_features(model: nn.Module, prefix: int, name: str
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The feature map of a token model whose head drops ``prefix`` tokens and averages the rest.
+
+    timm-style models say how many prefix tokens they have (``num_prefix_tokens``); a head that
+    slices off another number averages a class token with the patches (or drops patches), and
+    the mean over the patch grid would no longer be the pooled vector.
+    """
+    declared = getattr(model, "num_prefix_tokens", prefix)
+    if declared != prefix:
+        raise TypeError(f"{HEAD_NEEDED}; {name} has {declared} prefix token(s) but its head "
+                        f"averages its tokens from index {prefix} on")
+    return partial(_token_map, model, prefix)
+
+
+def _token_map(model: nn.Module, prefix: int, images: torch.Tensor) -> torch.Tensor:
+    """(N, C_in, H_in, W_in) images -> the (N, D, h, w) patch tokens of a token model."""
+    tokens = model.forward_features(images)  # (N, T, D), T = prefix + h w
+    if tokens.dim() != 3:
+        raise ValueError(f"{type(model).__name__}'s head averages tokens over dimension 1, but its "
+                         f"forward_features gave shape {tuple(tokens.shape)}, not (N, T, D)")
+    return tokens_to_map(tokens[:, prefix:], images.shape[-2:])
+
+
+def tokens_to_map(tokens: torch.Tensor, image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Lay (N, L, D) patch tokens out on their (h, w) grid: (N, D, h, w).
+
+    Patch tokens are in row-major order (as a patch-embedding conv's output flattened), and the
+    grid has the image's aspect ratio: h = sqrt(L H / W). Prefix tokens must be sliced off first.
+    """
+    count = tokens.shape[1]
+    height = max(1, round(math.sqrt(count * image_size[0] / image_size[1])))
+    width = count // height
+    if height * width != count:
+        raise ValueError(f"{count} patch tokens do not form a grid of the aspect ratio of "
+                         f"{tuple(image_size)} images (are prefix tokens left in?)")
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
 class _HeadOf(nn.Module):
@@ -165,16 +219,56 @@ def _data_users(node: fx.Node) -> list[fx.Node]:
             and not (user.op == "call_function" and user.target is getattr)]
 
 
+def _token_slice_start(node: fx.Node) -> int | None:
+    """p for ``x[:, p:]`` (prefix tokens dropped along dimension 1), else None."""
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    index = node.args[1]
+    if (isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None)
+            and isinstance(index[1], slice) and index[1].stop is None
+            and index[1].step in (None, 1) and isinstance(index[1].start, (int, type(None)))):
+        return index[1].start or 0
+    return None
+
+
+def _is_token_mean(node: fx.Node) -> bool:
+    """The mean over dimension 1 of (N, T, D) tokens: a GAP over the patch grid."""
+    is_mean = (node.op == "call_method" and node.target == "mean") or (
+        node.op == "call_function" and node.target is torch.mean)
+    if not is_mean:
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dims in (1, -2, (1,), (-2,), [1], [-2])
+
+
+def _render_index(index) -> str:
+    def one(part) -> str:
+        if isinstance(part, slice):
+            text = ":".join("" if value is None else str(value)
+                            for value in (part.start, part.stop))
+            return text + (f":{part.step}" if part.step is not None else "")
+        return str(part)
+
+    return ", ".join(one(part) for part in (index if isinstance(index, tuple) else (index,)))
+
+
 def _describe(node: fx.Node, graph_module: fx.GraphModule) -> str:
     module = _target_module(graph_module, node)
     if module is not None:
         return f"{node.target} ({type(module).__name__})"
+    if node.op == "call_function" and node.target is operator.getitem:
+        return f"x[{_render_index(node.args[1])}] (indexing)"  # e.g. x[:, 0], a class token
     return f"{getattr(node.target, '__name__', node.target)} ({node.op})"
 
 
 def _classifier_after(graph_module: fx.GraphModule, features_node: fx.Node,
-                      name: str) -> nn.Linear:
-    """Check that the graph goes features -> GAP -> [reshape/dropout]* -> Linear -> output."""
+                      name: str) -> tuple[nn.Linear, int | None]:
+    """Check that the graph goes features -> GAP -> [reshape/dropout]* -> Linear -> output.
+
+    The GAP is a mean over a feature map's two spatial dimensions, or, on (N, T, D) tokens, a
+    mean over dimension 1 after an optional ``x[:, p:]`` that drops the p prefix tokens.
+    Returns the Linear and p (None for a feature map).
+    """
 
     def only_user(node: fx.Node) -> fx.Node:
         users = _data_users(node)
@@ -184,7 +278,16 @@ def _classifier_after(graph_module: fx.GraphModule, features_node: fx.Node,
         return users[0]
 
     node = only_user(features_node)
-    if not _is_global_average_pool(node, graph_module):
+    prefix = _token_slice_start(node)
+    if prefix is not None:
+        sliced, node = node, only_user(node)
+        if not _is_token_mean(node):
+            raise TypeError(f"{HEAD_NEEDED}; {name}'s head takes "
+                            f"{_describe(sliced, graph_module)} and then has "
+                            f"{_describe(node, graph_module)} where the token average should be")
+    elif _is_token_mean(node):
+        prefix = 0
+    elif not _is_global_average_pool(node, graph_module):
         raise TypeError(f"{HEAD_NEEDED}; {name}'s head starts with {_describe(node, graph_module)}")
     node = only_user(node)
     while _is_passthrough(node, graph_module):
@@ -197,7 +300,7 @@ def _classifier_after(graph_module: fx.GraphModule, features_node: fx.Node,
     if after.op != "output":
         raise TypeError(f"{HEAD_NEEDED}; {name}'s head goes on after its Linear with "
                         f"{_describe(after, graph_module)}")
-    return classifier
+    return classifier, prefix
 
 
 def _truncate(traced: fx.GraphModule, features_node: fx.Node) -> fx.GraphModule:
@@ -225,34 +328,6 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor) -> torch.Tenso
         return converted(images)[1]
     finally:
         model.train(was_training)
-
-
-def grad_cam(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al.) of every class, (N, K, h, w), computed with autograd.
-
-    For class c: alpha_c = the spatial mean of d logit_c / d F (one weight per channel of the
-    last feature map F, from ``forward_features``), and the map is ReLU(sum_j alpha_cj F_j).
-    Any model with ``forward_features`` / ``forward_head``; one backward pass through the head
-    per class. For a GAP + Linear head it equals ``grad_cam_from_cams`` of the CAMs.
-    """
-    features = model.forward_features(images).detach().requires_grad_()  # (N, C, h, w)
-    logits = model.forward_head(features)  # (N, K)
-    maps = []
-    for cls in range(logits.shape[1]):
-        (gradient,) = torch.autograd.grad(logits[:, cls].sum(), features, retain_graph=True)
-        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
-        maps.append(F.relu((weights * features).sum(dim=1)))
-    return torch.stack(maps, dim=1).detach()
-
-
-def grad_cam_from_cams(cams: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM from (N, K, h, w) CAMs of a GAP + Linear head: ReLU(CAM) / (h w).
-
-    Through GAP + Linear, d logit_c / d F_j is w_cj / (h w) at every position, so Grad-CAM's
-    channel weights are the FC weights over h w and its map is the CAM's positive part, scaled:
-    the same maps without a backward pass.
-    """
-    return F.relu(cams) / (cams.shape[2] * cams.shape[3])
 
 
 def upsample(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -17,7 +17,8 @@ normalisation; maps of different native sizes are compared after average-pooling
 the smaller (as CAT pools the CAMs it transfers).
 
 ``localisation(model, dataset)`` and ``agreement(student, teacher, dataset)`` compute the means
-over a dataset for trained models.
+over a dataset for trained models. ``map_agreement`` measures, as CAT sees them, how far
+gradient maps (``catkd.gradcam``) are from a model's exact CAMs.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd import cam, data
+from catkd.losses import NORMALIZE, cat_loss
 
-__all__ = ["true_class", "pointing_game", "energy_inside", "iou", "correlation",
+__all__ = ["map_agreement", "true_class", "pointing_game", "energy_inside", "iou", "correlation",
            "localisation", "agreement", "DEFAULT_THRESHOLD"]
 
 DEFAULT_THRESHOLD = 0.5  # of each map's maximum, for ``iou``
@@ -219,3 +221,45 @@ def agreement(student: nn.Module, teacher: nn.Module, dataset: data.ImageDataset
         every += correlation(student_cams, teacher_cams).mean(dim=1).sum().item()
         count += len(labels)
     return {"true_class": true / count, "all_classes": every / count}
+
+
+def map_agreement(maps: torch.Tensor, cams: torch.Tensor, resolution: int = 2,
+                  normalize: str | None = "l2", top: int | None = None) -> dict[str, float]:
+    """How far class maps (e.g. ``catkd.gradcam.GradCAMModel``'s) are from exact CAMs, as CAT sees them.
+
+    Both (N, K, h, w) and (N, K, H, W) (sizes may differ, e.g. maps of an earlier layer) are
+    average-pooled to ``resolution`` x ``resolution`` and, per (sample, class), normalised by
+    ``normalize`` ("l2", "l1" or None), as ``catkd.losses.cat_loss`` does. ``top`` n keeps, per
+    sample, the n classes of highest exact score (the CAM's mean: the logit without bias);
+    None keeps all K. Returns the means over the kept (sample, class) pairs of:
+
+    * ``cosine``: cosine similarity of the pooled maps (1: the same up to a positive scale;
+      0 also where a map is all zero, as Grad-CAM's ReLU makes it for a class absent
+      everywhere);
+    * ``relative_l2``: ||maps - cams|| / ||cams|| of the pooled, normalised maps;
+    * ``cat_loss``: ``cat_loss(maps, cams, resolution, normalize)`` over the kept classes, the
+      CAT term (without beta) of a student whose maps were these, against the exact CAMs.
+    """
+    if maps.dim() != 4 or cams.dim() != 4 or maps.shape[:2] != cams.shape[:2]:
+        raise ValueError(f"maps and CAMs must be (N, K, h, w) with the same N and K, got "
+                         f"{tuple(maps.shape)} and {tuple(cams.shape)}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {NORMALIZE}")
+    maps, cams = maps.detach().float(), cams.detach().float()
+    pooled = []
+    for each in (maps, cams):
+        each = F.adaptive_avg_pool2d(each, resolution).flatten(2)  # (N, K, r r)
+        if normalize is not None:
+            each = each / each.norm(p=2 if normalize == "l2" else 1, dim=2,
+                                    keepdim=True).clamp_min(1e-12)
+        pooled.append(each)
+    cosine = F.cosine_similarity(pooled[0], pooled[1], dim=2)  # (N, K)
+    relative = (pooled[0] - pooled[1]).norm(dim=2) / pooled[1].norm(dim=2).clamp_min(1e-12)
+    classes = None
+    if top is not None:
+        kept = cams.mean(dim=(2, 3)).topk(top, dim=1).indices  # (N, top)
+        cosine, relative = cosine.gather(1, kept), relative.gather(1, kept)
+        classes = ("top", top)
+    loss = cat_loss(maps, cams, resolution, normalize, classes=classes)
+    return {"cosine": cosine.mean().item(), "relative_l2": relative.mean().item(),
+            "cat_loss": loss.item()}

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from catkd import cam, models
+from catkd import cam, gradcam, models
 from conftest import calibrated
 
 torch.manual_seed(0)
@@ -158,7 +158,7 @@ def test_upsample():
 def test_grad_cam_by_autograd_is_the_positive_part_of_the_cam_over_its_area():
     model = calibrated(models.create("resnet8", num_classes=5), torch.randn(16, 3, 32, 32))
     images = torch.randn(3, 3, 32, 32)
-    maps = cam.grad_cam(model, images)
+    maps = gradcam.grad_cam(model, images)
     cams = cam.class_activation_maps(model, images)
     assert maps.shape == cams.shape == (3, 5, 8, 8)
     # Independently: Grad-CAM by its definition, class by class, with torch.func's Jacobian.
@@ -168,7 +168,7 @@ def test_grad_cam_by_autograd_is_the_positive_part_of_the_cam_over_its_area():
         weights = jacobian.mean(dim=(2, 3))  # (N, C)
         expected = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
         torch.testing.assert_close(maps[:, cls], expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(maps, cam.grad_cam_from_cams(cams), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps, gradcam.grad_cam_from_cams(cams), atol=1e-5, rtol=1e-4)
     assert (maps == 0).any() and (maps > 0).any()  # the ReLU matters: CAMs go negative
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catkd import cam, losses, methods, models
+from catkd import cam, gradcam, losses, methods, models
 from catkd.methods import cat as cat_module
 from conftest import NUM_CLASSES, make_models
 
@@ -200,7 +200,7 @@ def test_cat_transfers_grad_cam_maps_when_asked(batch):
     method = make_method("cat", teacher_maps="gradcam").train()
     _, terms = method(images, labels, epoch=0)
     student_cams = hand_cams(method.student, images)
-    teacher_maps = cam.grad_cam(method.teacher, images)  # autograd, by Grad-CAM's definition
+    teacher_maps = gradcam.grad_cam(method.teacher, images)  # autograd, by Grad-CAM's definition
     expected = 50.0 * losses.cat_loss(student_cams, teacher_maps, resolution=2, normalize="l2")
     torch.testing.assert_close(terms["cat"], expected)
     with pytest.raises(ValueError, match="unknown teacher_maps 'gradcams'"):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catkd.cam import CAMModel, convert, grad_cam_from_cams
+from catkd.cam import CAMModel, convert
+from catkd.gradcam import GradCAMModel, grad_cam_from_cams
 from catkd.losses import cat_loss
 from catkd.methods.base import AT_LEAST_ONE, NON_NEGATIVE, Method
 
@@ -32,12 +33,18 @@ class CAT(Method):
     ``binarize`` and ``classes`` are those of ``catkd.losses.cat_loss``; ``teacher_maps``
     "gradcam" transfers the teacher's Grad-CAM maps instead of its CAMs (Appendix A.4). Term:
     ``cat``.
+
+    Grad-CAM maps need no GAP + Linear head: for a teacher ``convert`` refuses (ConvNeXt,
+    MobileNetV3, a ViT with a class-token head), "gradcam" takes them by autograd at its last
+    feature map (``catkd.gradcam.GradCAMModel``); they are not its logits decomposed, and
+    ``classes`` then ranks classes by the maps' means, not by logits. A teacher that converts
+    gets the same maps from its CAMs, without a backward pass.
     """
 
     ranges = {"beta": NON_NEGATIVE, "resolution": AT_LEAST_ONE}
 
     student_cam_model: CAMModel
-    teacher_cam_model: CAMModel
+    teacher_cam_model: CAMModel | GradCAMModel
     revision = 2  # 2: the student's classifier bias is zero and frozen
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 50.0,
@@ -49,7 +56,8 @@ class CAT(Method):
         # Plain attributes (``__dict__``), not submodules: the converted models share every
         # parameter with the registered student and teacher, so registering them would put each
         # weight in the state_dict twice.
-        self.__dict__.update(student_cam_model=convert(student), teacher_cam_model=convert(teacher))
+        self.__dict__.update(student_cam_model=convert(student),
+                             teacher_cam_model=self._teacher_maps_model(teacher, teacher_maps))
         student_bias = self.student_cam_model.classifier.bias
         if student_bias is not None:
             nn.init.zeros_(student_bias)
@@ -61,13 +69,26 @@ class CAT(Method):
         self.classes = classes
         self.teacher_maps = teacher_maps
 
+    @staticmethod
+    def _teacher_maps_model(teacher: nn.Module, teacher_maps: str) -> CAMModel | GradCAMModel:
+        """The teacher converted (CAMs); for "gradcam" maps of a head that gives no CAMs, its
+        gradient maps (at a layer of one's choice if the teacher comes as a ``GradCAMModel``)."""
+        if isinstance(teacher, GradCAMModel) and teacher_maps == "gradcam":
+            return teacher
+        try:
+            return convert(teacher)
+        except TypeError:
+            if teacher_maps != "gradcam":
+                raise
+            return GradCAMModel(teacher)
+
     def logits_and_cat(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, H, W) images -> the student's (N, K) logits and the weighted CAT term."""
         logits, student_cams = self.student_cam_model(images)  # CAMs: (N, K, H_s, W_s)
         with torch.no_grad():
             _, teacher_cams = self.teacher_cam_model(images)  # (N, K, H_t, W_t)
-            if self.teacher_maps == "gradcam":
-                teacher_cams = grad_cam_from_cams(teacher_cams)
+            if self.teacher_maps == "gradcam" and isinstance(self.teacher_cam_model, CAMModel):
+                teacher_cams = grad_cam_from_cams(teacher_cams)  # equal, without a backward
         transfer = cat_loss(student_cams, teacher_cams, self.resolution, self.normalize,
                             self.binarize, self.classes)
         return logits, self.beta * transfer

@@ -2,7 +2,8 @@
 
 CIFAR models (32x32 inputs) carry the parameter names and shapes of the published CIFAR-100
 teacher checkpoints, so those load with ``strict=True``. ImageNet models are prefixed
-``imagenet_``. Every model follows the convention of ``catkd.models.base``.
+``imagenet_``. ``vit_micro`` and ``vit_tiny`` are small vision transformers with the same GAP +
+Linear head over their patch tokens. Every model follows the convention of ``catkd.models.base``.
 
 >>> import torch
 >>> from catkd import models
@@ -18,6 +19,7 @@ from catkd.models import (  # noqa: F401  (importing a module registers its mode
     mobilenet_v2,
     shufflenet,
     vgg,
+    vit,
     wrn,
 )
 from catkd.models.base import GAPClassifier
