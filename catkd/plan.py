@@ -43,7 +43,7 @@ class Plan:
                 f"few steps of each model measured here")
 
 
-def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int = 3) -> Plan:
+def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int = 2) -> Plan:
     """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``), trained by
     ``jobs`` worker processes as ``catkd.sweep.fit_all`` does: the missing teachers first, then
     the students, each run going to the first worker that is free."""
@@ -79,8 +79,9 @@ def _span(seconds: list[float], jobs: int) -> float:
 
 class _Calibration:
     """Seconds per training step of each distinct method, models, batch, data shape, device and
-    thread count, measured once (with the settings of the first run of the method: a method's
-    settings change what it computes more than what a step costs)."""
+    thread count, measured once, with the settings of the first run of the method (a method's
+    settings change what it computes more than what a step costs). The median of three short
+    rounds: one round slowed by another process once made a method's estimate twice its peers'."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
@@ -117,7 +118,7 @@ class _Calibration:
         if key not in self.step_seconds:
             with devices.threads(threads):  # the run's own thread count
                 timing = bench.step_times([method], config["student"], teacher, device,
-                                          steps=self.steps, warmup=1, rounds=1,
+                                          steps=self.steps, warmup=1, rounds=3,
                                           settings={method: loss}, **shape)
             self.step_seconds[key] = timing["step_ms"][method] / 1000
             self.device_name = devices.name(device)
