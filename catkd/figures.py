@@ -11,7 +11,8 @@ ipywidgets box that redraws a figure when a control changes.
 - ``cam_view`` / ``cam_explorer``: one image, one class, one or all models; the explorer
   (live ipywidgets, or a static figure for batch runs).
 - ``accuracy_bars``: test accuracies of runs as labelled bars, with chance as a line.
-- ``localisation_grid``: CAMs over ground-truth object masks (chapter 6).
+- ``localisation_grid``: CAMs of several models side by side, over ground-truth object masks
+  where there are some (chapters 6 and 7).
 - ``seed_bars``: one panel per metric, a bar per run at the mean over seeds, each seed a dot.
 - ``table_bars`` / ``table_lines``: a report table (``catkd.report``), mean and std over seeds.
 - ``cost_accuracy``: accuracy against training time per method (Figure 7, right).
@@ -296,20 +297,23 @@ def accuracy_bars(accuracies: Mapping[str, float], chance: float | None = None,
     return figure
 
 
-def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor,
+def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor | None,
                       maps: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
                       class_names: Sequence[str] | None = None, size: float = 1.45) -> Figure:
-    """CAMs over their object masks: one row per image, one column per model.
+    """CAMs of several models side by side, over their object masks where there are some: one
+    row per image, one column per model (chapter 6: students over masks; chapter 7: CNNs and
+    vision transformers, maps of any size each).
 
-    pixels: (n, C, H, W) images in [0, 1]; masks: bool (n, H, W) object masks.
+    pixels: (n, C, H, W) images in [0, 1]; masks: bool (n, H, W) object masks, or None.
     maps: {model name: (n, h, w)}, each image's CAM of one class (e.g. its label).
     The first column is the image, titled with its label when ``labels`` and ``class_names``
-    are given; each other panel is a model's CAM over the image with the mask's outline in white.
+    are given; each other panel is a model's CAM over the image, with the mask's outline in
+    white if ``masks`` are given. Panels of ``size`` inches.
     """
     if not maps:
         raise ValueError("localisation_grid needs at least one model's CAMs")
     n = len(pixels)
-    if masks.shape != (n, *pixels.shape[2:]):
+    if masks is not None and masks.shape != (n, *pixels.shape[2:]):
         raise ValueError(f"masks must be (n, H, W) = {(n, *pixels.shape[2:])}, got "
                          f"{tuple(masks.shape)}")
     wrong = {name: tuple(m.shape) for name, m in maps.items() if m.dim() != 3 or len(m) != n}
@@ -322,10 +326,11 @@ def localisation_grid(pixels: torch.Tensor, masks: torch.Tensor,
         if labels is not None and class_names is not None:
             axes[i, 0].set_title(class_names[int(labels[i])], fontsize=8)
         axes[i, 0].axis("off")
-        outline = masks[i].detach().cpu().float().numpy()
         for axis, (name, model_maps) in zip(axes[i, 1:], maps.items()):
             axis.imshow(overlay(pixels[i], model_maps[i].detach().cpu()))
-            axis.contour(outline, levels=[0.5], colors="white", linewidths=0.8)
+            if masks is not None:
+                axis.contour(masks[i].detach().cpu().float().numpy(), levels=[0.5],
+                             colors="white", linewidths=0.8)
             if i == 0:
                 axis.set_title(name, fontsize=9)
             axis.axis("off")
@@ -387,6 +392,9 @@ def table_bars(cells: Sequence, title: str = "", size: tuple[float, float] | Non
     figure = Figure(figsize=size or (0.6 + (0.5 * width + 0.4) * len(columns), 3.0),
                     layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(columns), sharey=True))
+    # One y range for the panels, which share their axis: it holds every seed of every column.
+    low = min(min(cell.best) for cell in finished)
+    high = max(max(cell.best) for cell in finished)
     for axis, column in zip(axes, columns):
         group = [cell for cell in finished if cell.column == column]
         means, stds = zip(*(cell.mean_std("best") for cell in group))
@@ -400,8 +408,7 @@ def table_bars(cells: Sequence, title: str = "", size: tuple[float, float] | Non
                             linewidth=2, zorder=4, label="paper")
         axis.set_xticks(x, [cell.row for cell in group], fontsize=8, rotation=45, ha="right")
         axis.set_title(column, fontsize=8)
-        low = min(min(cell.best) for cell in group)
-        axis.set_ylim(max(0.0, low - 3), min(100.0, max(max(cell.best) for cell in group) + 2))
+        axis.set_ylim(max(0.0, low - 3), min(100.0, high + 2))
     axes[0].set_ylabel("best test accuracy (%)", fontsize=9)
     with_paper = [axis for axis in axes if axis.get_legend_handles_labels()[1]]
     if with_paper:

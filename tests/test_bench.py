@@ -6,7 +6,7 @@ import pytest
 
 import torch
 
-from catkd import bench, device
+from catkd import bench, data, device, models
 
 
 def test_bench_reports_both_paths_and_the_step_times(tmp_path, capsys):
@@ -71,3 +71,26 @@ def test_bad_arguments_are_refused_before_any_timing():
         bench.bench(step_methods=["kd", "nope"], device="cpu")
     with pytest.raises(ValueError, match="at least one batch \\(64\\), got 10"):
         bench.bench(epoch_images=10, device="cpu")
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_transformer_teacher_s_arithmetic_is_counted_in_float32_and_bf16(bf16):
+    """A frozen vit_micro teacher runs nn.TransformerEncoderLayer's fused fast path, which the
+    flop counter does not know (and which failed under it with bf16 autocast): its forward is
+    counted through the layer's plain ops, and the fast path is on again afterwards."""
+    dataset = bench.cifar_shaped(8, num_classes=10, in_channels=1, image_size=28)
+    loader = data.BatchLoader(dataset, 8, train=True, device=torch.device("cpu"))
+    flops = {name: bench._step_flops(bench._method(name, "resnet8", "vit_micro",
+                                                   torch.device("cpu"), False, dataset),
+                                     loader, torch.device("cpu"), bf16)
+             for name in ("ce", "kd")}
+    teacher = models.create("vit_micro", num_classes=10, in_channels=1).eval()
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            teacher(torch.zeros(8, 1, 28, 28))
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    # kd's step is ce's plus the teacher's forward (and a few element-wise ops, not counted).
+    assert flops["kd"] - flops["ce"] == counter.get_total_flops() > 0
+    assert torch.backends.mha.get_fastpath_enabled()

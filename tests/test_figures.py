@@ -168,6 +168,11 @@ def test_localisation_grid_draws_a_panel_per_image_and_model():
         figures.localisation_grid(pixels, synthetic.masks[:2], maps)
     with pytest.raises(ValueError, match="student"):
         figures.localisation_grid(pixels, synthetic.masks, {"student": torch.rand(2, 4, 4)})
+    # Without masks (chapter 7: models of two families side by side): the same grid, no outline.
+    plain = figures.localisation_grid(pixels, None, maps, labels, synthetic.classes, size=1.0)
+    assert len(plain.axes) == 3 * 3 and plain.get_size_inches()[0] == pytest.approx(3.0)
+    assert not any(axis.collections for axis in plain.axes)
+    assert all(axis.collections for axis in figure.axes[1:3])
 
 
 def test_seed_bars_draw_a_panel_per_metric():
@@ -200,6 +205,8 @@ def test_table_bars_draw_a_panel_per_column_with_finished_cells_only():
     heights = [patch.get_height() for patch in first.patches]
     assert heights == pytest.approx([81.0, 85.5])
     assert len(first.collections) >= 3  # seeds as dots and the paper's dash
+    # The panels share their y axis, whose range holds every seed of every column (70 to 86).
+    assert first.get_ylim() == second.get_ylim() == pytest.approx((67.0, 88.0))
     with pytest.raises(ValueError, match="at least one finished run"):
         figures.table_bars(report_cells()[3:])
 
