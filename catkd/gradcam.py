@@ -32,7 +32,8 @@ class GradCAMModel(nn.Module):
     alpha_cj = w_cj / (h w), so the maps are ReLU(CAM) / (h w) (``grad_cam_from_cams``); use
     ``convert`` there. Elsewhere (ConvNeXt's norm after the pooling, MobileNetV3's and VGG's MLP
     heads, an intermediate layer of any model) they are a first-order, per-channel linearisation
-    of the head, and ``catkd.metrics.map_agreement`` measures how far that is from exact CAMs where both exist.
+    of the head, and ``catkd.metrics.map_agreement`` measures how far that is from exact CAMs
+    where both exist.
     Use them as targets (CAT's teacher maps, ``catkd.methods.CAT(teacher_maps="gradcam")``),
     never as a student's maps: no gradient flows through them.
 

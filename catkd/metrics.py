@@ -225,7 +225,8 @@ def agreement(student: nn.Module, teacher: nn.Module, dataset: data.ImageDataset
 
 def map_agreement(maps: torch.Tensor, cams: torch.Tensor, resolution: int = 2,
                   normalize: str | None = "l2", top: int | None = None) -> dict[str, float]:
-    """How far class maps (e.g. ``catkd.gradcam.GradCAMModel``'s) are from exact CAMs, as CAT sees them.
+    """How far class maps (e.g. ``catkd.gradcam.GradCAMModel``'s) are from exact CAMs, as CAT
+    sees them.
 
     Both (N, K, h, w) and (N, K, H, W) (sizes may differ, e.g. maps of an earlier layer) are
     average-pooled to ``resolution`` x ``resolution`` and, per (sample, class), normalised by

@@ -31,10 +31,10 @@ class OFD(Method):
 
     Unlike the other methods, ``train()`` puts the teacher in training mode too
     (``teacher_batchnorm_trains``), as OFD's own code (``t_net.train()``) and mdistiller's OFD
-    (its ``train()`` override) do, which is how the published OFD numbers were made: in the student's step the teacher's BatchNorms
-    normalise with the batch's statistics and move their running statistics, in memory only
-    (its weights, its checkpoint and the margins stay as they are). ``eval()`` puts it back in
-    eval mode.
+    (its ``train()`` override) do, which is how the published OFD numbers were made: in the
+    student's step the teacher's BatchNorms normalise with the batch's statistics and move their
+    running statistics, in memory only (its weights, its checkpoint and the margins stay as they
+    are). ``eval()`` puts it back in eval mode.
     """
 
     ranges = {"ce_weight": NON_NEGATIVE, "ofd_weight": NON_NEGATIVE,
