@@ -243,6 +243,7 @@ def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
     so that no worker waits for another's teacher."""
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
+    _check_teacher_checkpoints(experiments)
     from catkd import plan  # calibrates by timing training steps: loads the training loop
 
     if not quiet:
@@ -262,6 +263,21 @@ def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
         raise RuntimeError(f"{len(failures)} of {len(experiments)} runs failed:\n"
                            + "\n".join(f"{path}: {error}" for path, error in failures.items()))
     return runs
+
+
+def _check_teacher_checkpoints(experiments: Sequence[Experiment]) -> None:
+    """One FileNotFoundError, before anything trains, naming the teacher checkpoints that the
+    unfinished runs load and that are not files (else the runs before them would train first)."""
+    absent = sorted({str(experiment.config["teacher"]["checkpoint"])
+                     for experiment in experiments
+                     if experiment.config["teacher"]["checkpoint"]
+                     and not (experiment.path / SUMMARY).is_file()
+                     and not Path(experiment.config["teacher"]["checkpoint"]).is_file()})
+    if absent:
+        raise FileNotFoundError(
+            f"teacher checkpoint(s) not found: {', '.join(absent)}; teacher.checkpoint (a "
+            f"chapter's teacher_checkpoint, sweep's --teacher-checkpoint) names a file with the "
+            f"teacher's weights, or null to train the teacher on the run's data")
 
 
 def default_jobs(device: str) -> int:

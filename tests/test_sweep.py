@@ -448,3 +448,14 @@ def test_sweep_plan_prints_the_plan_and_trains_nothing(tmp_path, monkeypatch, ca
     assert "4 runs to train (of 4 asked for, teachers included)" in printed
     assert "in 2 worker processes" in printed
     assert not out.exists()
+
+
+def test_a_missing_teacher_checkpoint_is_one_error_before_anything_trains(tmp_path, monkeypatch):
+    loaded = sweep.load(ROOT / "configs" / "quick" / "sweeps" / "methods.yaml",
+                        [f"out={tmp_path}"],
+                        teacher_overrides=["teacher.model=resnet56",
+                                           f"teacher.checkpoint={tmp_path / 'absent.pt'}"])
+    monkeypatch.setattr(sweep.Experiment, "fit", lambda *args, **kwargs: pytest.fail("trained"))
+    with pytest.raises(FileNotFoundError, match=r"teacher checkpoint\(s\) not found: .*absent\.pt"):
+        sweep.fit_all(loaded.experiments, quiet=True)
+    assert not any(tmp_path.iterdir())  # nothing written
