@@ -120,7 +120,7 @@ def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        train_epoch(state, batches, 0)
+        train_epoch([state], batches, 0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started

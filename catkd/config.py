@@ -21,7 +21,7 @@ import math
 import re
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
@@ -364,6 +364,32 @@ def teacher_config(config: dict) -> dict:
         "seed": 0,
         "runtime": config["runtime"],
     })
+
+
+def lockstep_key(config: dict) -> str | None:
+    """What runs must share to train in lockstep, one teacher forward per batch serving them all
+    (``catkd.train.fit_lockstep``): everything but their name, method, student and loss
+    settings, so that they see the same batches from the same teacher with the same recipe.
+    None for a run that cannot: one without a teacher, or whose method reads the teacher
+    otherwise than by its forward (``catkd.methods.shares_teacher_forward``)."""
+    if not (config["teacher"]["model"]
+            and methods.shares_teacher_forward(config["method"], config["loss"])):
+        return None
+    return json.dumps({key: value for key, value in config.items()
+                       if key not in ("name", "method", "student", "loss")},
+                      sort_keys=True, default=str)
+
+
+def lockstep_groups(run_configs: Sequence[dict], jobs: int = 1) -> list[list[dict]]:
+    """``run_configs`` gathered into the groups that train in lockstep (equal ``lockstep_key``),
+    in the order of their first run; a run that cannot is a group of its own. A group is cut
+    into parts of at most ceil(runs / ``jobs``) runs, so that ``jobs`` workers all get work."""
+    largest = max(2, math.ceil(len(run_configs) / jobs))
+    groups: dict[object, list[dict]] = {}
+    for number, config in enumerate(run_configs):
+        groups.setdefault(lockstep_key(config) or number, []).append(config)
+    return [group[start:start + largest] for group in groups.values()
+            for start in range(0, len(group), largest)]
 
 
 def identity(config: dict) -> str:

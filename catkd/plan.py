@@ -8,6 +8,8 @@ as a forward pass of the student over the test set, a third of the student's cro
 per image (a backward pass costs about two forwards). With ``jobs`` worker processes the runs
 are spread over them as ``catkd.sweep.fit_all`` spreads them. A chapter or a sweep prints the
 plan before it trains anything, so that a reader knows whether to wait or to come back later.
+Students that train in lockstep (``catkd.train.fit_lockstep``) share their teacher's forward:
+their group is counted as their runs less all but one teacher forward per batch.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class Plan:
 def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int = 2) -> Plan:
     """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``), trained by
     ``jobs`` worker processes as ``catkd.sweep.fit_all`` does: the missing teachers first, then
-    the students, each run going to the first worker that is free."""
+    the students (with several workers, those that can in lockstep groups, the largest group
+    first), each run or group going to the first worker that is free."""
     asked: dict[Path, dict] = {}
     teachers: set[Path] = set()
     for config in run_configs:
@@ -60,9 +63,12 @@ def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int 
     if any(config["data"]["dataset"] == "imagenet" for config in missing.values()):
         return Plan(len(asked), list(missing), None, "", jobs)
     calibration = _Calibration(calibration_steps)
-    seconds = {path: calibration.run_seconds(path, config) for path, config in missing.items()}
-    stages = [[seconds[path] for path in missing if path in teachers],
-              [seconds[path] for path in missing if path not in teachers]]
+    students = [config for path, config in missing.items() if path not in teachers]
+    groups = (sorted(configs.lockstep_groups(students, jobs), key=len, reverse=True)
+              if jobs > 1 else [[student] for student in students])
+    stages = [[calibration.run_seconds(config) for path, config in missing.items()
+               if path in teachers],
+              [calibration.group_seconds(group) for group in groups]]
     return Plan(len(asked), [path for path in missing if path in teachers]
                 + [path for path in missing if path not in teachers],
                 sum(_span(stage, jobs) for stage in stages), calibration.device_name, jobs)
@@ -89,15 +95,31 @@ class _Calibration:
         self.sizes: dict[str, tuple[int, int, dict]] = {}
         self.device_name = "this machine"
 
-    def run_seconds(self, path: Path, config: dict) -> float:
-        """The training and evaluation time left to the run of ``config`` in ``path``."""
+    def run_seconds(self, config: dict) -> float:
+        """The training and evaluation time left to the run of ``config``."""
         train_images, test_images, shape = self._sizes(config)
         batch_size = shape["batch_size"]
         epoch = (train_images // batch_size * self._step(config, config["method"],
                                                          config["loss"], shape)
                  + math.ceil(test_images / batch_size) * self._step(config, "ce", {},
                                                                     shape) / 3)
-        return (config["optim"]["epochs"] - _epochs_done(path)) * epoch
+        return (config["optim"]["epochs"] - _epochs_done(_folder(config))) * epoch
+
+    def group_seconds(self, group: list[dict]) -> float:
+        """The time of runs trained in lockstep: theirs, less the teacher forwards they share
+        (all but one per batch). A teacher forward counts as the least, over the group, of a
+        run's step less its student's cross-entropy step."""
+        seconds = sum(self.run_seconds(config) for config in group)
+        if len(group) == 1:
+            return seconds
+        train_images, _, shape = self._sizes(group[0])
+        teacher_forward = max(0.0, min(
+            self._step(config, config["method"], config["loss"], shape)
+            - self._step(config, "ce", {}, shape) for config in group))
+        steps = (train_images // shape["batch_size"]
+                 * min(config["optim"]["epochs"] - _epochs_done(_folder(config))
+                       for config in group))
+        return seconds - (len(group) - 1) * teacher_forward * steps
 
     def _sizes(self, config: dict) -> tuple[int, int, dict]:
         """(training images, test images, the shape of a batch) of ``config``'s data, read once

@@ -300,17 +300,18 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
                       quiet: bool) -> dict[Path, str]:
     """Train the unfinished runs of ``experiments`` in ``jobs`` processes, their missing
     teachers first; returns {run folder: error} of the runs that failed (a failed teacher fails
-    its students)."""
+    its students). Students of one teacher that see the same batches train in lockstep, one
+    teacher forward per batch for all of them (``catkd.config.lockstep_groups``)."""
     students = list({experiment.path: experiment.config for experiment in experiments
                      if not (experiment.path / SUMMARY).is_file()}.items())
     teachers = {_teacher_folder(config): configs.teacher_config(config)
                 for _, config in students if _teacher_folder(config) is not None}
-    stages = [[config for path, config in teachers.items()
-               if not (path / SUMMARY).is_file()],
-              [config for _, config in students]]
+    stages = [[[config] for path, config in teachers.items() if not (path / SUMMARY).is_file()],
+              configs.lockstep_groups([config for _, config in students], jobs)]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failures: dict[Path, str] = {}
-    total, done, started = sum(map(len, stages)), 0, time.perf_counter()
+    total = sum(len(group) for stage in stages for group in stage)
+    done, started = 0, time.perf_counter()
     # The workers train quietly (their output would not reach a notebook): this process shows
     # a status line, replaced in place in a notebook, so that a long run is not taken for a hang.
     status = RunProgress("worker processes", 1, not quiet)
@@ -318,11 +319,12 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         for stage in stages:
-            stage = [config for config in stage if _teacher_folder(config) not in failures]
-            results = pool.imap_unordered(_fit_quietly, stage)
+            stage = [group for group in stage if _teacher_folder(group[0]) not in failures]
+            # The longest first (a lockstep group is several runs), so that none is left last.
+            results = pool.imap_unordered(_fit_quietly, sorted(stage, key=len, reverse=True))
             while True:
                 try:
-                    path, error = results.next(timeout=STATUS_SECONDS)
+                    outcomes = results.next(timeout=STATUS_SECONDS)
                 except StopIteration:
                     break
                 except multiprocessing.TimeoutError:
@@ -330,13 +332,14 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
                                f"{min(jobs, len(stage))} training, "
                                f"{minutes(time.perf_counter() - started)} elapsed")
                     continue
-                done += 1
-                if error is not None:
-                    failures[path] = error
-                if not quiet:
-                    print(f"{'failed' if error else 'finished'}: {path} ({done} of {total}, "
-                          f"{minutes(time.perf_counter() - started)} elapsed)"
-                          f"{': ' + error if error else ''}", flush=True)
+                for path, error in outcomes:
+                    done += 1
+                    if error is not None:
+                        failures[path] = error
+                    if not quiet:
+                        print(f"{'failed' if error else 'finished'}: {path} ({done} of {total}, "
+                              f"{minutes(time.perf_counter() - started)} elapsed)"
+                              f"{': ' + error if error else ''}", flush=True)
     for path, config in students:
         teacher_path = _teacher_folder(config)
         if teacher_path in failures:
@@ -344,17 +347,22 @@ def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
     return failures
 
 
-def _fit_quietly(config: dict) -> tuple[Path, str | None]:
-    """A worker's job: (run folder, None) once the run of ``config`` is finished, or (run
-    folder, the error) if it failed."""
+def _fit_quietly(group: list[dict]) -> list[tuple[Path, str | None]]:
+    """A worker's job: train the runs of ``group`` (one run, or runs in lockstep); for each,
+    (run folder, None) once it is finished, or (run folder, the error) if it failed."""
     from catkd import train
 
-    path = Path(config["out"]) / configs.run_name(config)
+    paths = [Path(config["out"]) / configs.run_name(config) for config in group]
+    error = None
     try:
-        train.fit(config, quiet=True)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        return path, str(error)
-    return path, None
+        if len(group) == 1:
+            train.fit(group[0], quiet=True)
+        else:
+            train.fit_lockstep(group, quiet=True)
+    except (ValueError, FileNotFoundError, RuntimeError) as raised:
+        error = str(raised)
+    return [(path, None if (path / SUMMARY).is_file() else error or "unfinished")
+            for path in paths]
 
 
 def _probed(sweep: Sweep, run: Run) -> Run:

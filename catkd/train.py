@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -243,52 +243,69 @@ class StepState:
 
 
 @torch.enable_grad()  # fit may be called under no_grad (a notebook cell, an evaluation helper)
-def train_epoch(state: StepState, batches: Iterable, epoch: int) -> dict:
-    """One pass over ``batches`` (a loader's, or any iterable of them); returns each loss term's
-    mean ("loss_<term>"), their sum ("loss") and the training accuracy, averaged over every
-    rank's samples.
+def train_epoch(states: Sequence[StepState], batches: Iterable, epoch: int) -> list[dict]:
+    """One pass over ``batches`` (a loader's, or any iterable of them) for each of ``states``,
+    in lockstep: every state takes its step on a batch before the next batch. Returns, for each
+    state, each loss term's mean ("loss_<term>"), their sum ("loss") and the training accuracy,
+    averaged over every rank's samples, and "seconds": the time of its steps, plus its share of
+    the time spent between them (reading the batches).
 
     A batch is ``(images, labels)``: float32 (B, C, H, W) and int64 (B,); or ``(images, labels,
     indices)``, int64 (B,) indices, from a loader made with ``sample_indices=True`` for a method
     that ``needs_sample_indices``: the indices are passed on to the method as its fourth
-    argument."""
-    device, optimizer, schedule = state.device, state.optimizer, state.schedule
-    state.method.train()
-    totals: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), device=device)
+    argument. The states share a device and memory format, and each batch is moved there once:
+    the same tensor reaches every state's step."""
+    device, memory_format = states[0].device, states[0].memory_format
+    for state in states:
+        state.method.train()
+    totals: list[dict[str, torch.Tensor]] = [{} for _ in states]
+    correct = [torch.zeros((), device=device) for _ in states]
     # The first step (0-based) whose loss was not finite, -1 while none was.
-    nonfinite_step = torch.full((), -1.0, device=device)
+    nonfinite_step = [torch.full((), -1.0, device=device) for _ in states]
+    step_seconds = [0.0] * len(states)
     seen = 0
+    started = time.perf_counter()
     for step, (images, labels, *indices) in enumerate(batches):
-        images = images.to(device, non_blocking=True, memory_format=state.memory_format)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         indices = [index.to(device, non_blocking=True) for index in indices]
-        with _autocast(device, state.bf16):
-            logits, losses = state.step(images, labels, epoch, *indices)
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(losses.values())
-        loss.backward()
-        optimizer.step()
-        if state.schedule_every_batch:
-            schedule.step()
-        # Summed and checked on the device: no synchronisation per batch.
-        for term, value in losses.items():
-            totals[term] = totals.get(term, 0.0) + value.detach().float() * len(labels)
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        nonfinite_step = torch.where((nonfinite_step < 0) & ~torch.isfinite(loss.detach()),
-                                     float(step), nonfinite_step)
+        for number, state in enumerate(states):
+            step_started = time.perf_counter()
+            with _autocast(device, state.bf16):
+                logits, losses = state.step(images, labels, epoch, *indices)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss = sum(losses.values())
+            loss.backward()
+            state.optimizer.step()
+            if state.schedule_every_batch:
+                state.schedule.step()
+            # Summed and checked on the device: no synchronisation per batch.
+            for term, value in losses.items():
+                totals[number][term] = (totals[number].get(term, 0.0)
+                                        + value.detach().float() * len(labels))
+            correct[number] += (logits.detach().argmax(dim=1) == labels).sum()
+            nonfinite_step[number] = torch.where(
+                (nonfinite_step[number] < 0) & ~torch.isfinite(loss.detach()),
+                float(step), nonfinite_step[number])
+            step_seconds[number] += time.perf_counter() - step_started
         seen += len(labels)
-    if not state.schedule_every_batch:
-        schedule.step()
-    sums = _all_reduce(torch.stack([*totals.values(), correct,
-                                    torch.tensor(float(seen), device=device)])).tolist()
-    *term_sums, correct_sum, seen_sum = sums
-    averages = {f"loss_{term}": total / seen_sum for term, total in zip(totals, term_sums)}
-    result = {**averages, "loss": sum(term_sums) / seen_sum,
-              "train_acc": 100 * correct_sum / seen_sum}
-    if nonfinite_step.item() >= 0:  # this rank's first step with a NaN or infinite loss
-        result["nonfinite_step"] = int(nonfinite_step.item()) + 1
-    return result
+    between_steps = (time.perf_counter() - started - sum(step_seconds)) / len(states)
+    results = []
+    for number, state in enumerate(states):
+        if not state.schedule_every_batch:
+            state.schedule.step()
+        sums = _all_reduce(torch.stack([*totals[number].values(), correct[number],
+                                        torch.tensor(float(seen), device=device)])).tolist()
+        *term_sums, correct_sum, seen_sum = sums
+        averages = {f"loss_{term}": total / seen_sum
+                    for term, total in zip(totals[number], term_sums)}
+        result = {**averages, "loss": sum(term_sums) / seen_sum,
+                  "train_acc": 100 * correct_sum / seen_sum,
+                  "seconds": step_seconds[number] + between_steps}
+        if nonfinite_step[number].item() >= 0:  # this rank's first step with a non-finite loss
+            result["nonfinite_step"] = int(nonfinite_step[number].item()) + 1
+        results.append(result)
+    return results
 
 
 def fit(config: dict | str | os.PathLike | None = None, overrides=(),
@@ -318,16 +335,108 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
             if dist.is_initialized():
                 dist.barrier()
             with devices.threads(config["runtime"]["threads"]):
-                run = finished_run(path, config) or _train(config, path, rank, world_size,
-                                                           quiet, progress)
-    progress.say(f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
-                 f"last {run.summary['last_acc']:.2f}%: {run.path}")
+                run = finished_run(path, config)
+                if run is None:
+                    (run,), failures = _train([(config, path)], rank, world_size, quiet,
+                                              progress)
+                    if failures:
+                        raise failures[0]
+    progress.say(_result_line(run))
     return run
 
 
-def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
-           progress: RunProgress) -> Run:
-    """The training loop of ``fit``, for a run folder that holds no finished run."""
+def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
+    """Train several runs that see the same batches in one process, in lockstep, so that one
+    forward of their teacher per batch serves them all.
+
+    ``run_configs`` (resolved) must agree on everything but their name, method, student and
+    loss settings, with methods that read the teacher through its forward alone (kd, dkd, cat,
+    catkd: ``catkd.config.lockstep_key``). Each run is the one ``fit`` makes of its config, in
+    its own folder: the same initialisation, batches and steps. Finished runs are read; the
+    others are claimed (in folder order, so that two processes cannot wait on each other). A
+    run whose loss diverges stops there; the others go on, and a RuntimeError names it at the
+    end. One process only: under torchrun, ``fit`` each run. Returns the runs in their order.
+    """
+    keys = {configs.lockstep_key(config) for config in run_configs}
+    if None in keys or len(keys) > 1:
+        raise ValueError("runs train in lockstep when they distil from the same teacher with "
+                         "the same data, seed, recipe and runtime, by methods that read the "
+                         "teacher through its forward alone (kd, dkd, cat, catkd with CAMs)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("fit_lockstep trains in one process; under torchrun, fit each run")
+    paths = [Path(config["out"]) / configs.run_name(config) for config in run_configs]
+    progress = RunProgress(f"{paths[0].name} and {len(paths) - 1} more in lockstep",
+                           run_configs[0]["optim"]["epochs"], not quiet)
+    runs = {path: finished_run(path, config) for path, config in zip(paths, run_configs)}
+    failures: list[Exception] = []
+    with contextlib.ExitStack() as claims:
+        for path in sorted(set(paths) - {path for path, run in runs.items() if run}):
+            claims.enter_context(claim(path, True, progress.say))
+        with devices.threads(run_configs[0]["runtime"]["threads"]):
+            # Runs another process finished while this one waited for the claims are read.
+            runs.update({path: finished_run(path, config)
+                         for path, config in zip(paths, run_configs) if runs[path] is None})
+            missing = list({path: config for path, config in zip(paths, run_configs)
+                            if runs[path] is None}.items())
+            if missing:
+                trained, failures = _train([(config, path) for path, config in missing],
+                                           0, 1, quiet, progress)
+                runs.update({run.path: run for run in trained})
+    for run in runs.values():
+        if run is not None:
+            progress.say(_result_line(run))
+    if failures:
+        raise RuntimeError("; ".join(map(str, failures)))
+    return [runs[path] for path in paths]
+
+
+def _result_line(run: Run) -> str:
+    return (f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
+            f"last {run.summary['last_acc']:.2f}%: {run.path}")
+
+
+def _share_teacher_forward(teacher: nn.Module) -> None:
+    """Make ``teacher`` compute its features once per batch: a second call of its
+    ``forward_features`` with the very tensor of the call before returns that call's result.
+
+    The students of a lockstep group get the same batch tensor (``train_epoch``); their methods
+    read the frozen teacher through its forward (its logits: ``forward_head(forward_features)``;
+    its CAMs: ``catkd.cam.convert``, which calls ``forward_features``), so its features, the
+    costly part, are computed for the first student and reused by the others. Set on the
+    instance before the methods are built, so that the converted teacher calls it too."""
+    compute = teacher.forward_features
+    latest: dict[str, torch.Tensor] = {}
+
+    def forward_features(images: torch.Tensor) -> torch.Tensor:
+        if latest.get("images") is not images:
+            latest.update(images=images, features=compute(images))
+        return latest["features"]
+
+    teacher.forward_features = forward_features
+
+
+@dataclass
+class _Trainee:
+    """One run being trained: its config, folder, student, step and bookkeeping."""
+
+    config: dict
+    path: Path
+    student: nn.Module
+    method: methods.Method
+    state: StepState
+    start_epoch: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    seconds: float = 0.0
+    evaluation: dict | None = None
+
+
+def _train(members: list[tuple[dict, Path]], rank: int, world_size: int, quiet: bool,
+           progress: RunProgress) -> tuple[list[Run], list[Exception]]:
+    """The training loop of ``fit`` (one member) and ``fit_lockstep`` (several, agreeing on
+    data, seed, recipe, runtime and teacher), for run folders that hold no finished run.
+    Returns the finished runs and the errors of the members that stopped."""
+    config = members[0][0]  # what decides the batches and the teacher: the same for all
     runtime = config["runtime"]
     device = _device(runtime["device"])
     if runtime["bf16"] and not devices.bf16_native(device):
@@ -338,14 +447,54 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     loaders = data.loaders(config, device, rank, world_size,
                            methods.needs_sample_indices(config["method"]))
     shape = (loaders.num_classes, loaders.in_channels)
-    _dry_step(config, shape, loaders.image_size, loaders.train_labels)
+    for member_config, _ in members:
+        _dry_step(member_config, shape, loaders.image_size, loaders.train_labels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
+    lockstep = len(members) > 1
+    if lockstep:  # folded first: folding traces the forward that sharing replaces
+        models.fold_batchnorm(teacher)
+        _share_teacher_forward(teacher)
+    trainees = [_start(member_config, path, teacher, loaders, shape, device, rank, world_size,
+                       fold_teacher=not lockstep, progress=progress)
+                for member_config, path in members]
+
+    runs, failures = [], []
+    epochs = config["optim"]["epochs"]
+    for epoch in range(min(trainee.start_epoch for trainee in trainees), epochs):
+        loaders.train.set_epoch(epoch)
+        training = [trainee for trainee in trainees if trainee.start_epoch <= epoch]
+        rates = [trainee.state.optimizer.param_groups[0]["lr"] for trainee in training]
+        results = train_epoch([trainee.state for trainee in training],
+                              progress.steps(loaders.train, epoch), epoch)
+        for trainee, lr, averages in zip(training, rates, results):
+            try:
+                _end_epoch(trainee, {"lr": lr, **averages}, epoch, loaders.test, shape[0], rank,
+                           progress)
+            except RuntimeError as error:  # its loss diverged: it stops, the others go on
+                if not lockstep:
+                    raise
+                failures.append(error)
+                trainees.remove(trainee)
+                progress.say(str(error))
+    for trainee in trainees:
+        runs.append(_finish(trainee, shape, loaders.image_size, rank))
+    if dist.is_initialized():
+        dist.barrier()
+    return runs, failures
+
+
+def _start(config: dict, path: Path, teacher: nn.Module | None, loaders, shape: tuple[int, int],
+           device: torch.device, rank: int, world_size: int, fold_teacher: bool,
+           progress: RunProgress) -> _Trainee:
+    """Build the student and its step for ``config``, resume it from ``path`` if it has a
+    last.pt, and write the run folder's config, environment and kept metrics."""
+    runtime = config["runtime"]
     # Seeded after the teacher so that the student's initialisation does not depend on whether
-    # the teacher was trained in this process or loaded.
+    # the teacher was trained in this process or loaded, nor on the runs beside it in lockstep.
     _seed_everything(config["seed"], runtime["deterministic"])
     student = build_student(config, shape)
     method = methods.create(config["method"], student, teacher, train_labels=loaders.train_labels,
-                            fold_teacher=True, **config["loss"]).to(device)
+                            fold_teacher=fold_teacher, **config["loss"]).to(device)
     memory_format = torch.channels_last if runtime["channels_last"] else torch.preserve_format
     if runtime["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
@@ -357,11 +506,10 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
         step = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             static_graph=True)
-    step_state = StepState(compiled(step, runtime["compile"]), method, optimizer, schedule, device,
-                           config["optim"]["schedule"] == "onecycle", runtime["bf16"],
-                           memory_format)
+    trainee = _Trainee(config, path, student, method, StepState(
+        compiled(step, runtime["compile"]), method, optimizer, schedule, device,
+        config["optim"]["schedule"] == "onecycle", runtime["bf16"], memory_format))
 
-    start_epoch, best_acc, best_epoch, seconds, evaluation = 0, -1.0, -1, 0.0, None
     if (path / LAST).is_file():
         state = _resume_state(path / LAST, config, schedule, device)
         try:
@@ -374,69 +522,81 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
             raise ValueError(f"{path / LAST} is not this run's resume state (its model, "
                              f"optimizer or random state does not fit this run's); "
                              f"{_restart(path / LAST)}") from error
-        start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
-        seconds, evaluation = state["seconds"], state["evaluation"]
-        progress.say(f"resuming {path} after epoch {start_epoch}")
+        trainee.start_epoch, trainee.best_acc = state["epoch"], state["best_acc"]
+        trainee.best_epoch, trainee.seconds = state["best_epoch"], state["seconds"]
+        trainee.evaluation = state["evaluation"]
+        progress.say(f"resuming {path} after epoch {trainee.start_epoch}")
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG).write_text(configs.dump(config))
         (path / ENVIRONMENT).write_text(json.dumps(
             _environment(device, world_size, runtime), indent=1))
         # Epochs after the last checkpoint were lost with the process that ran them.
-        kept = [row for row in read_metrics(path / METRICS) if row["epoch"] <= start_epoch]
+        kept = [row for row in read_metrics(path / METRICS) if row["epoch"] <= trainee.start_epoch]
         (path / METRICS).write_text("".join(json.dumps(row) + "\n" for row in kept))
     progress.say(f"run folder: {path}")
+    return trainee
 
-    epochs = config["optim"]["epochs"]
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        loaders.train.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        averages = train_epoch(step_state, progress.steps(loaders.train, epoch), epoch)
-        # Checked once per epoch, on the sums train_epoch already brought to the CPU, so that no
-        # step waits for the device; the epoch is neither saved nor written to the metrics.
-        diverged = {term: value for term, value in averages.items()
-                    if term.startswith("loss_") and not math.isfinite(value)}
-        if diverged:
-            term, value = next(iter(diverged.items()))
-            first = averages.get("nonfinite_step")
-            where = f" (first at step {first} of the epoch)" if first else ""
-            raise RuntimeError(f"{path}: the loss term {term} became {value} in epoch "
-                               f"{epoch + 1}{where}; the run stopped, unfinished, and kept "
-                               f"nothing of that epoch: lower optim.lr or check the loss settings")
-        _share_rank_0_buffers(student)
-        evaluation = evaluate(student, loaders.test, shape[0], device, runtime["bf16"])
-        seconds += time.perf_counter() - started
-        row = {"epoch": epoch + 1, "lr": lr, **averages, "test_acc": evaluation["top1"],
-               "test_top5": evaluation["top5"], "seconds": time.perf_counter() - started}
-        if evaluation["top1"] > best_acc:
-            best_acc, best_epoch = evaluation["top1"], epoch + 1
-            if rank == 0:
-                atomic_save({"model": student.state_dict(), "epoch": epoch + 1}, path / BEST)
+
+def _end_epoch(trainee: _Trainee, averages: dict, epoch: int, test_loader, num_classes: int,
+               rank: int, progress: RunProgress) -> None:
+    """After ``trainee``'s 0-based ``epoch`` (``averages``: its learning rate and what
+    ``train_epoch`` returned): check its loss, evaluate its student, write the epoch's metrics
+    and checkpoints. A loss that became NaN or infinite is a RuntimeError, and
+    nothing of that epoch is kept."""
+    path, state = trainee.path, trainee.state
+    # Checked once per epoch, on the sums train_epoch already brought to the CPU, so that no
+    # step waits for the device; the epoch is neither saved nor written to the metrics.
+    diverged = {term: value for term, value in averages.items()
+                if term.startswith("loss_") and not math.isfinite(value)}
+    if diverged:
+        term, value = next(iter(diverged.items()))
+        first = averages.get("nonfinite_step")
+        where = f" (first at step {first} of the epoch)" if first else ""
+        raise RuntimeError(f"{path}: the loss term {term} became {value} in epoch "
+                           f"{epoch + 1}{where}; the run stopped, unfinished, and kept "
+                           f"nothing of that epoch: lower optim.lr or check the loss settings")
+    started = time.perf_counter()
+    _share_rank_0_buffers(trainee.student)
+    evaluation = evaluate(trainee.student, test_loader, num_classes, state.device, state.bf16)
+    seconds = averages.pop("seconds") + time.perf_counter() - started
+    trainee.seconds += seconds
+    trainee.evaluation = evaluation
+    row = {"epoch": epoch + 1, "lr": averages.pop("lr"), **averages,
+           "test_acc": evaluation["top1"], "test_top5": evaluation["top5"], "seconds": seconds}
+    if evaluation["top1"] > trainee.best_acc:
+        trainee.best_acc, trainee.best_epoch = evaluation["top1"], epoch + 1
         if rank == 0:
-            with open(path / METRICS, "a") as metrics_file:
-                metrics_file.write(json.dumps(row) + "\n")
-            atomic_save({"model": student.state_dict(), "extras": method.extra_state_dict(),
-                          "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                          "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch,
-                          "seconds": seconds, "evaluation": evaluation, "rng": _rng_state()},
-                         path / LAST)
-        progress.epoch_done(epoch, f"loss {row['loss']:.4f}  train {row['train_acc']:.2f}%  "
-                                   f"test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
-
-    summary = {"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": evaluation["top1"],
-               "last_top5": evaluation["top5"], "epochs": epochs, "seconds": seconds,
-               "per_class_acc": evaluation["per_class"],
-               "num_classes": shape[0], "in_channels": shape[1],
-               "image_size": loaders.image_size,
-               "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
-               "student_parameters": sum(p.numel() for p in student.parameters()),
-               "extra_parameters": method.extra_parameter_count()}
+            atomic_save({"model": trainee.student.state_dict(), "epoch": epoch + 1},
+                        path / BEST)
     if rank == 0:
-        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
-    if dist.is_initialized():
-        dist.barrier()
-    return Run(path, config, summary)
+        with open(path / METRICS, "a") as metrics_file:
+            metrics_file.write(json.dumps(row) + "\n")
+        atomic_save({"model": trainee.student.state_dict(),
+                     "extras": trainee.method.extra_state_dict(),
+                     "optimizer": state.optimizer.state_dict(),
+                     "schedule": state.schedule.state_dict(), "epoch": epoch + 1,
+                     "best_acc": trainee.best_acc, "best_epoch": trainee.best_epoch,
+                     "seconds": trainee.seconds, "evaluation": evaluation, "rng": _rng_state()},
+                    path / LAST)
+    progress.epoch_done(epoch, f"loss {row['loss']:.4f}  train {row['train_acc']:.2f}%  "
+                               f"test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
+
+
+def _finish(trainee: _Trainee, shape: tuple[int, int], image_size: int, rank: int) -> Run:
+    """Write ``trainee``'s summary once its last epoch is done; its finished run."""
+    config, runtime, evaluation = trainee.config, trainee.config["runtime"], trainee.evaluation
+    summary = {"best_acc": trainee.best_acc, "best_epoch": trainee.best_epoch,
+               "last_acc": evaluation["top1"], "last_top5": evaluation["top5"],
+               "epochs": config["optim"]["epochs"], "seconds": trainee.seconds,
+               "per_class_acc": evaluation["per_class"],
+               "num_classes": shape[0], "in_channels": shape[1], "image_size": image_size,
+               "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
+               "student_parameters": sum(p.numel() for p in trainee.student.parameters()),
+               "extra_parameters": trainee.method.extra_parameter_count()}
+    if rank == 0:
+        (trainee.path / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return Run(trainee.path, config, summary)
 
 
 def _dry_step(config: dict, shape: tuple[int, int], image_size: int,

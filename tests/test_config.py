@@ -3,6 +3,7 @@
 import pytest
 
 from catkd import config
+from conftest import QUICK
 
 
 def test_defaults_are_the_papers_cifar_recipe():
@@ -89,3 +90,19 @@ def test_run_names_are_stable_and_a_method_revision_renames_its_runs(monkeypatch
     revised = config.run_name(student)
     monkeypatch.setattr(methods.CAT, "revision", 1)
     assert config.run_name(student) != revised
+
+
+def test_lockstep_groups_gather_the_students_that_see_the_same_batches_from_one_teacher():
+    def run(*overrides):
+        return config.resolve(QUICK / "kd.yaml", ["data.dataset=digits", *overrides])
+
+    kd, dkd, catkd = run(), run("method=dkd", "loss={}"), run("method=catkd", "loss={}")
+    other_seed, at, ce = run("seed=1"), run("method=at", "loss={}"), run("method=ce",
+                                                                       "teacher.model=null")
+    gradcam = run("method=cat", "loss={}", "loss.teacher_maps=gradcam")
+    runs = [kd, other_seed, at, dkd, ce, catkd, gradcam]
+    assert config.lockstep_groups(runs) == [[kd, dkd, catkd], [other_seed], [at], [ce],
+                                            [gradcam]]
+    # Cut so that every worker gets work: 7 runs, 4 workers, at most 2 runs a group.
+    assert config.lockstep_groups(runs, jobs=4) == [[kd, dkd], [catkd], [other_seed], [at],
+                                                    [ce], [gradcam]]

@@ -92,3 +92,16 @@ def test_the_calibration_times_a_step_with_the_run_s_own_threads(tmp_path, monke
     before = torch.get_num_threads()
     plan.estimate([config.resolve(None, tiny(tmp_path, "runtime.threads=1"))])
     assert seen and set(seen) == {1} and torch.get_num_threads() == before
+
+
+def test_runs_in_lockstep_share_one_teacher_forward_per_batch_in_the_estimate(tmp_path,
+                                                                              monkeypatch):
+    measured = {"ce": 0.010, "kd": 0.025, "catkd": 0.030}  # teacher forward: 0.015 (kd - ce)
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
+                        {"step_ms": {names[0]: 1000 * measured[names[0]]}})
+    kd_run = configs(tmp_path)[1]
+    catkd_run = config.resolve(kd_run, ["method=catkd", "loss={}"])
+    apart = plan.estimate([kd_run, catkd_run], jobs=1).seconds
+    # Two workers: the two students train in lockstep in one of them (the teacher first).
+    together = plan.estimate([kd_run, catkd_run], jobs=2).seconds
+    assert together == pytest.approx(apart - 2 * (1437 // 32) * 0.015)  # 2 epochs of 44 steps

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from catkd import data, methods, models, runs, train
+from catkd import config, data, methods, models, runs, train
 from conftest import tiny
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -233,3 +233,61 @@ def test_attention_trains_by_its_math_kernel_under_bf16_on_a_cpu():
         output.float().sum().backward()
     assert not [event.key for event in profiled.key_averages() if "flash" in event.key]
     assert output.dtype == torch.bfloat16 and torch.isfinite(query.grad).all()
+
+
+def _lockstep_group(out, *overrides):
+    """Configs of kd, catkd and cat students of one resnet14 teacher on digits (one epoch)."""
+    shared = ["teacher.model=resnet14", "optim.epochs=1", *overrides]
+    return [config.resolve(None, tiny(out, *shared, *settings)) for settings in (
+        ["method=kd"], ["method=catkd", "loss.normalize=l2"],
+        ["method=cat", "loss.normalize=l2", "loss.beta=200"])]
+
+
+@pytest.mark.slow
+def test_runs_in_lockstep_are_the_runs_fit_makes_with_one_teacher_forward_per_batch(
+        tmp_path, monkeypatch):
+    alone = [train.fit(run_config, quiet=True) for run_config in _lockstep_group(tmp_path / "a")]
+    forwards = []
+    load_teacher = train.load_teacher
+
+    def counted_teacher(*args, **kwargs):
+        teacher = load_teacher(*args, **kwargs)
+        teacher.fc.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
+        teacher.conv1.register_forward_pre_hook(lambda module, inputs: forwards.append(0))
+        return teacher
+
+    monkeypatch.setattr(train, "load_teacher", counted_teacher)
+    together = train.fit_lockstep(_lockstep_group(tmp_path / "b"), quiet=True)
+    for run_alone, run_together in zip(alone, together):
+        assert run_together.path.name == run_alone.path.name
+        assert run_together.summary["best_acc"] == run_alone.summary["best_acc"]
+        trained, reference = run_together.model().state_dict(), run_alone.model().state_dict()
+        assert all(torch.equal(trained[key], reference[key]) for key in reference)
+    steps = len(data.loaders(together[0].config).train)
+    # The teacher's features once per batch (its first convolution); its head once per batch,
+    # for kd (the CAM students use its classifier's weights, not the module).
+    assert forwards.count(0) == steps and forwards.count(1) == steps
+    # Finished runs are read, not retrained.
+    monkeypatch.setattr(methods, "create", lambda *args, **kwargs: pytest.fail("retrained"))
+    assert train.fit_lockstep(_lockstep_group(tmp_path / "b"), quiet=True) == together
+
+
+def test_lockstep_refuses_runs_that_do_not_see_the_same_batches(tmp_path):
+    group = _lockstep_group(tmp_path)
+    with pytest.raises(ValueError, match="same teacher with the same data, seed"):
+        train.fit_lockstep([group[0], config.resolve(None, tiny(
+            tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=kd", "seed=1"))])
+    with pytest.raises(ValueError, match="read the teacher through its forward alone"):
+        train.fit_lockstep([group[0], config.resolve(None, tiny(
+            tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=at"))])
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_in_lockstep_stops_alone(tmp_path):
+    kd, catkd, _ = _lockstep_group(tmp_path)
+    diverging = config.resolve(catkd, ["loss.beta=1.0e+39"])
+    with pytest.raises(RuntimeError,
+                       match=r"catkd_resnet14-resnet8\S*: the loss term loss_\w+ became"):
+        train.fit_lockstep([kd, diverging], quiet=True)
+    assert (tmp_path / config.run_name(kd) / "summary.json").is_file()
+    assert not (tmp_path / config.run_name(diverging) / "summary.json").is_file()

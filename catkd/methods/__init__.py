@@ -32,8 +32,8 @@ from catkd.methods.reviewkd import ReviewKD
 from catkd.methods.rkd import RKD
 
 __all__ = ["AT", "CAT", "CATKD", "CE", "CRD", "DKD", "FitNet", "KD", "Method", "OFD", "RKD",
-           "ReviewKD", "check_settings", "create", "names", "needs_sample_indices", "needs_teacher", "revision",
-           "settings"]
+           "ReviewKD", "check_settings", "create", "names", "needs_sample_indices",
+           "needs_teacher", "revision", "settings", "shares_teacher_forward"]
 
 _METHODS: dict[str, type[Method]] = {
     "ce": CE, "kd": KD, "dkd": DKD, "at": AT, "cat": CAT, "catkd": CATKD,
@@ -89,6 +89,12 @@ def needs_sample_indices(name: str) -> bool:
     """Whether method ``name`` indexes the training set (``crd``): it is built with the training
     labels and its forward takes each batch's sample indices."""
     return _method_class(name).needs_sample_indices
+
+
+def shares_teacher_forward(name: str, settings: dict[str, Any]) -> bool:
+    """Whether method ``name`` with ``settings`` reads the teacher through its forward alone
+    (kd, dkd, cat and catkd with CAMs), so that students of one batch can share it."""
+    return _method_class(name).shares_teacher_forward(settings)
 
 
 def revision(name: str) -> int:

@@ -53,6 +53,10 @@ class Method(nn.Module):
     # True where the step puts the teacher in training mode, so that its BatchNorms use the
     # batch's statistics (and can therefore not be folded into its convolutions).
     teacher_batchnorm_trains: ClassVar[bool] = False
+    # True where the step reads the teacher through its forward alone (its logits, or its CAMs
+    # by ``catkd.cam.convert``), without hooks or gradients: students that see the same batch
+    # can then share one teacher forward (``catkd.train.fit_lockstep``).
+    reads_teacher_forward: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -69,6 +73,11 @@ class Method(nn.Module):
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+
+    @classmethod
+    def shares_teacher_forward(cls, settings: dict[str, Any]) -> bool:
+        """Whether this method, with ``settings``, reads the teacher through its forward alone."""
+        return cls.reads_teacher_forward
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)

@@ -42,6 +42,7 @@ class CAT(Method):
     """
 
     ranges = {"beta": NON_NEGATIVE, "resolution": AT_LEAST_ONE}
+    reads_teacher_forward = True
 
     student_cam_model: CAMModel
     teacher_cam_model: CAMModel | GradCAMModel
@@ -68,6 +69,11 @@ class CAT(Method):
         self.binarize = binarize
         self.classes = classes
         self.teacher_maps = teacher_maps
+
+    @classmethod
+    def shares_teacher_forward(cls, settings: dict) -> bool:
+        """CAMs come from the teacher's forward; Grad-CAM maps may need its backward."""
+        return settings.get("teacher_maps", "cam") == "cam"
 
     @staticmethod
     def _teacher_maps_model(teacher: nn.Module, teacher_maps: str) -> CAMModel | GradCAMModel:

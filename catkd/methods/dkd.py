@@ -20,6 +20,7 @@ class DKD(Method):
 
     ranges = {"ce_weight": NON_NEGATIVE, "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE,
               "temperature": POSITIVE, "warmup_epochs": AT_LEAST_ONE}
+    reads_teacher_forward = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,

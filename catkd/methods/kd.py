@@ -17,6 +17,7 @@ class KD(Method):
     """
 
     ranges = {"ce_weight": NON_NEGATIVE, "kd_weight": NON_NEGATIVE, "temperature": POSITIVE}
+    reads_teacher_forward = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 0.1,
                  kd_weight: float = 0.9, temperature: float = 4.0) -> None:
