@@ -24,7 +24,10 @@ A sweep file names configs, seeds and an optional grid; every combination is one
                                     # "<column> top-1" and "<column> top-5"
 
 Runs go through ``catkd.train.fit``, so each is cached by its config: ``run`` skips what is
-finished, resumes what was interrupted, and waits for a run another process is training. A
+finished, resumes what was interrupted, and waits for a run another process is training. In
+worker processes (``fit_all(..., jobs > 1)``) the students that see the same batches from the
+same teacher train in lockstep (``catkd.train.fit_lockstep``): the same runs, one teacher forward
+per batch for all of them. A
 sweep with ``probe`` also trains each run's linear probes, cached in its folder. Reading a
 sweep (its runs, their status, its table) loads no training code: ``catkd.train`` is imported
 where a run trains.
@@ -240,7 +243,8 @@ def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
     ``jobs`` > 1 trains the missing runs in that many worker processes, each with its share of
     the cores as threads (on 2 cores, two one-thread processes trained two quick runs 1.3x
     faster than one two-thread process: README, "Performance"); missing teachers train first,
-    so that no worker waits for another's teacher."""
+    so that no worker waits for another's teacher, then the students, those that can in
+    lockstep groups (one teacher forward per batch for the group)."""
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
     _check_teacher_checkpoints(experiments)
