@@ -336,11 +336,8 @@ def fit(config: dict | str | os.PathLike | None = None, overrides=(),
                 dist.barrier()
             with devices.threads(config["runtime"]["threads"]):
                 run = finished_run(path, config)
-                if run is None:
-                    (run,), failures = _train([(config, path)], rank, world_size, quiet,
-                                              progress)
-                    if failures:
-                        raise failures[0]
+                if run is None:  # alone, a run whose loss diverges raises (none is returned)
+                    (run,), _ = _train([(config, path)], rank, world_size, quiet, progress)
     progress.say(_result_line(run))
     return run
 
