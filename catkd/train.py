@@ -122,11 +122,12 @@ def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
 
 # --------------------------------------------------------------------------- teachers
 
-def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> nn.Module:
-    """The teacher of a distillation config: from ``teacher.checkpoint``, or trained here."""
+def load_teacher(config: dict, shape: tuple[int, int, int], quiet: bool = False) -> nn.Module:
+    """The teacher of a distillation config for ``shape`` = (classes, input channels, image
+    side): from ``teacher.checkpoint``, or trained here."""
     spec = config["teacher"]
     if spec["checkpoint"]:
-        teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
+        teacher = models.create(spec["model"], *shape)
         return models.load_checkpoint(teacher, spec["checkpoint"])
     teacher_run = configs.teacher_config(config)
     path = Path(teacher_run["out"]) / configs.run_name(teacher_run)
@@ -337,8 +338,8 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
 
     loaders = data.loaders(config, device, rank, world_size,
                            methods.needs_sample_indices(config["method"]))
-    shape = (loaders.num_classes, loaders.in_channels)
-    _dry_step(config, shape, loaders.image_size, loaders.train_labels)
+    shape = (loaders.num_classes, loaders.in_channels, loaders.image_size)
+    _dry_step(config, shape, loaders.train_labels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
     # Seeded after the teacher so that the student's initialisation does not depend on whether
     # the teacher was trained in this process or loaded.
@@ -439,15 +440,13 @@ def _train(config: dict, path: Path, rank: int, world_size: int, quiet: bool,
     return Run(path, config, summary)
 
 
-def _dry_step(config: dict, shape: tuple[int, int], image_size: int,
-              train_labels: torch.Tensor) -> None:
+def _dry_step(config: dict, shape: tuple[int, int, int], train_labels: torch.Tensor) -> None:
     """One forward of the method on two blank images, with an untrained teacher of the same
     architecture: a setting that does not fit the models and the data (a CAM resolution larger
     than the maps, a stage that does not exist) fails here, before a teacher trains for hours."""
-    num_classes, in_channels = shape
+    _, in_channels, image_size = shape
     teacher_name = config["teacher"]["model"]
-    teacher = (models.create(teacher_name, num_classes=num_classes, in_channels=in_channels)
-               if teacher_name else None)
+    teacher = models.create(teacher_name, *shape) if teacher_name else None
     try:
         method = methods.create(config["method"], build_student(config, shape), teacher,
                                 train_labels=train_labels, **config["loss"])

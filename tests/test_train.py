@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from catkd import data, methods, models, runs, train
+from catkd import cam, config as configs, data, methods, models, runs, train
 from conftest import tiny
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -56,6 +56,28 @@ def test_a_named_folder_of_another_config_is_refused(tmp_path):
     train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1"), quiet=True)
     with pytest.raises(ValueError, match="holds a run of a different config"):
         train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1", "seed=1"), quiet=True)
+
+
+def test_a_torchvision_run_reloads_as_it_trained_for_its_small_images(tmp_path):
+    """A torchvision.resnet18 teacher run, three steps on 5% of digits: reloaded, as a run and
+    as a teacher from its checkpoint, it is the model the run evaluated, with 2x2 maps (in
+    float32, so that the run's evaluation is repeated exactly)."""
+    run = train.fit(None, tiny(tmp_path, "student=torchvision.resnet18", "optim.epochs=1",
+                               "data.fraction=0.05", "runtime.bf16=false"), quiet=True)
+    assert run.shape == (10, 1, 8)
+    model = run.model()
+    loader = data.BatchLoader(data.load("digits", "test"), batch_size=32, train=False)
+    measured = train.evaluate(model, loader, 10, torch.device("cpu"))
+    assert measured["per_class"] == pytest.approx(run.summary["per_class_acc"])
+    config = configs.resolve(None, tiny(tmp_path, "method=kd",
+                                        "teacher.model=torchvision.resnet18",
+                                        f"teacher.checkpoint={run.path / runs.LAST}"))
+    teacher = train.load_teacher(config, run.shape).eval()
+    images, _ = next(iter(loader))
+    with torch.no_grad():
+        logits, cams = cam.convert(model)(images)
+        torch.testing.assert_close(teacher(images), logits)
+    assert cams.shape == (32, 10, 2, 2)
 
 
 @pytest.mark.slow
