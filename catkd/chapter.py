@@ -7,13 +7,14 @@ table (``table``), compares the claims its text makes (``claim``) and ends with 
 which says how many claims it compared. ``show_table`` displays a small table of values a
 chapter computed itself.
 
-This is the top layer: it may import sweep, report, figures and device; nothing in catkd
+This is the top layer: it may import train, sweep, report, figures and device; nothing in catkd
 imports it.
 """
 
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +25,7 @@ from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
 from catkd import device as devices
-from catkd import report, sweep
+from catkd import report, sweep, train
 from catkd.report import Cell
 from catkd.runs import Run
 from catkd.sweep import Experiment, Sweep
@@ -70,8 +71,32 @@ class Chapter:
 
     def load(self, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Sweep:
         """The sweep file ``path`` with this chapter's overrides (then ``overrides``), seeds and
-        teacher."""
-        return sweep.load(path, [*self.overrides, *overrides], self.seeds, self.teacher_overrides)
+        teacher; with the chapter's teacher, less the runs it cannot serve (``usable``)."""
+        return self.usable(sweep.load(path, [*self.overrides, *overrides], self.seeds,
+                                      self.teacher_overrides))
+
+    def usable(self, loaded: Sweep) -> Sweep:
+        """``loaded`` less the runs whose method cannot use the chapter's teacher (e.g. AT
+        pairs stages that a torchvision model does not declare), each method said once with its
+        reason: its rows, and the claims about them, are left out of the chapter. The configs'
+        own teachers serve every run of the book, so without a teacher parameter nothing is
+        left out; a teacher that serves none of the sweep's runs is a ValueError."""
+        if not self.teacher_overrides:
+            return loaded
+        distilling = [experiment for experiment in loaded.experiments
+                      if experiment.config["teacher"]["model"]]
+        refused = {experiment: reason for experiment, reason in zip(
+            distilling, train.refusals([experiment.config for experiment in distilling]))
+                   if reason}
+        said = {f"method {experiment.config['method']} cannot use the teacher "
+                f"{experiment.config['teacher']['model']}: {reason}"
+                for experiment, reason in refused.items()}
+        if refused and len(refused) == len(distilling):
+            raise ValueError(f"{loaded.path}: no run can use its teacher; {min(said)}")
+        for line in sorted(said):
+            print(f"left out of {loaded.path.name}, with its claims: {line}")
+        return dataclasses.replace(loaded, experiments=[
+            experiment for experiment in loaded.experiments if experiment not in refused])
 
     def experiment(self, config_file: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
         """The run of ``config_file`` with this chapter's overrides (then ``overrides``), its

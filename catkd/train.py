@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -457,6 +457,33 @@ def _dry_step(config: dict, shape: tuple[int, int, int], train_labels: torch.Ten
     indices = [torch.arange(2)] if method.needs_sample_indices else []
     with torch.no_grad():
         method(images, torch.zeros(2, dtype=torch.long), 0, *indices)
+
+
+def refusals(run_configs: Sequence[dict]) -> list[str | None]:
+    """For each config, why its run cannot train, as the dry step before its training would
+    refuse it (its method does not fit its student, its teacher or its data), or None. Nothing
+    trains; each data section is read once, each run's models and method built once."""
+    shapes: dict[str, tuple[tuple[int, int, int], torch.Tensor]] = {}
+    answers: dict[str, str | None] = {}
+    found = []
+    for config in run_configs:
+        data_key = configs.dump(config["data"])
+        if data_key not in shapes:
+            train_set, _ = data.datasets(config)
+            shapes[data_key] = ((train_set.num_classes, train_set.in_channels,
+                                 train_set.image_size), train_set.labels)
+        # The dry step's outcome depends on the method, its settings, the models and the data.
+        key = configs.dump({"data": config["data"], "method": config["method"],
+                            "loss": config["loss"], "student": config["student"],
+                            "teacher": config["teacher"]["model"]})
+        if key not in answers:
+            try:
+                _dry_step(config, *shapes[data_key])
+                answers[key] = None
+            except ValueError as error:
+                answers[key] = str(error)
+        found.append(answers[key])
+    return found
 
 
 def _restart(file: Path) -> str:
