@@ -7,14 +7,14 @@ table (``table``), compares the claims its text makes (``claim``) and ends with 
 which says how many claims it compared. ``show_table`` displays a small table of values a
 chapter computed itself.
 
-This is the top layer: it may import train, sweep, report, figures and device; nothing in catkd
+This is the top layer: it may import sweep, report, figures and device; nothing in catkd
 imports it.
 """
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,7 +25,7 @@ from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
 from catkd import device as devices
-from catkd import report, sweep, train
+from catkd import report, sweep
 from catkd.report import Cell
 from catkd.runs import Run
 from catkd.sweep import Experiment, Sweep
@@ -83,11 +83,12 @@ class Chapter:
         left out; a teacher that serves none of the sweep's runs is a ValueError."""
         if not self.teacher_overrides:
             return loaded
+        from catkd import train  # the dry step's home: loaded only where a teacher is replaced
+
         distilling = [experiment for experiment in loaded.experiments
                       if experiment.config["teacher"]["model"]]
-        refused = {experiment: reason for experiment, reason in zip(
-            distilling, train.refusals([experiment.config for experiment in distilling]))
-                   if reason}
+        reasons = train.refusals([experiment.config for experiment in distilling])
+        refused = {experiment: reason for experiment, reason in zip(distilling, reasons) if reason}
         said = {f"method {experiment.config['method']} cannot use the teacher "
                 f"{experiment.config['teacher']['model']}: {reason}"
                 for experiment, reason in refused.items()}

@@ -462,28 +462,28 @@ def _dry_step(config: dict, shape: tuple[int, int, int], train_labels: torch.Ten
 def refusals(run_configs: Sequence[dict]) -> list[str | None]:
     """For each config, why its run cannot train, as the dry step before its training would
     refuse it (its method does not fit its student, its teacher or its data), or None. Nothing
-    trains; each data section is read once, each run's models and method built once."""
+    trains; each data section is read once, and runs that differ only in what the dry step
+    does not see (seed, recipe) are checked once."""
     shapes: dict[str, tuple[tuple[int, int, int], torch.Tensor]] = {}
-    answers: dict[str, str | None] = {}
-    found = []
+    by_setting: dict[str, str | None] = {}
+    verdicts = []
     for config in run_configs:
         data_key = configs.dump(config["data"])
         if data_key not in shapes:
             train_set, _ = data.datasets(config)
             shapes[data_key] = ((train_set.num_classes, train_set.in_channels,
                                  train_set.image_size), train_set.labels)
-        # The dry step's outcome depends on the method, its settings, the models and the data.
-        key = configs.dump({"data": config["data"], "method": config["method"],
-                            "loss": config["loss"], "student": config["student"],
-                            "teacher": config["teacher"]["model"]})
-        if key not in answers:
+        setting = configs.dump({"data": config["data"], "method": config["method"],
+                                "loss": config["loss"], "student": config["student"],
+                                "teacher": config["teacher"]["model"]})
+        if setting not in by_setting:
             try:
                 _dry_step(config, *shapes[data_key])
-                answers[key] = None
+                by_setting[setting] = None
             except ValueError as error:
-                answers[key] = str(error)
-        found.append(answers[key])
-    return found
+                by_setting[setting] = str(error)
+        verdicts.append(by_setting[setting])
+    return verdicts
 
 
 def _restart(file: Path) -> str:

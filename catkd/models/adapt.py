@@ -1,8 +1,8 @@
 """Models from outside the zoo made to fit small images, as the zoo's CIFAR ResNets are built.
 
-torchvision's and timm's CNNs downsample ImageNet's 224x224 images 32 times (a stride-2 stem, a
-stride-2 max pooling, then a stride-2 stage after each of the first stages), so a 28x28 image
-leaves them a 1x1 map: no class attention to transfer. The CIFAR ResNets keep their stem at
+torchvision's and timm's CNNs downsample ImageNet's 224x224 images 32 times (a ResNet: a
+stride-2 stem, a stride-2 max pooling, then three stride-2 stages), so a 28x28 image leaves
+them a 1x1 map: no class attention to transfer. The CIFAR ResNets keep their stem at
 stride 1 and downsample twice, a total stride of 4: 32x32 -> 8x8, 28x28 -> 7x7, 8x8 -> 2x2.
 ``reduce_stride`` gives an outside CNN that total stride by setting its earliest
 downsamplings to stride 1; nothing is added or removed, so the parameters stay the same.
@@ -11,16 +11,19 @@ downsamplings to stride 1; nothing is added or removed, so the parameters stay t
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
-# Below this side, ImageNet's total stride of 32 leaves a map of 1x1 (at most 2x2).
+# Below this side, ImageNet's total stride of 32 leaves a map of 2x2 or less.
 SMALL_IMAGE_SIZE = 64
 TOTAL_STRIDE = 4  # the zoo's CIFAR ResNets': two stride-2 levels kept
 # The size the outside models are built for: every downsampling level shows in a probe of it.
 NOMINAL_SIZE = 224
 DOWNSAMPLING_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+# hook(name, module, its forward's arguments, its output), called on each of them in a probe.
+Hook = Callable[[str, nn.Module, tuple, torch.Tensor], None]
 
 
 def reduce_stride(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
@@ -78,7 +81,7 @@ def _downsampling_levels(model: nn.Module, in_channels: int) -> list[dict[str, n
 def _last_map_side(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, int]:
     """(H, W) of the output of the last convolution or pooling on an image_size probe: the map
     the head pools (normalisations and activations keep its size)."""
-    sides = []
+    sides: list[tuple[int, int]] = []
     _probe(model, in_channels, image_size,
            lambda name, module, args, output: sides.append(tuple(output.shape[-2:])))
     if not sides:
@@ -87,7 +90,7 @@ def _last_map_side(model: nn.Module, in_channels: int, image_size: int) -> tuple
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, in_channels: int, image_size: int, hook) -> None:
+def _probe(model: nn.Module, in_channels: int, image_size: int, hook: Hook) -> None:
     """One forward of a blank (1, in_channels, image_size, image_size) image in eval mode, with
     ``hook(name, module, args, output)`` on every convolution and pooling; the model's mode is
     left as it was."""

@@ -71,8 +71,8 @@ def create(name: str, num_classes: int = 100, in_channels: int = 3,
     try:
         return reduce_stride(model, in_channels, image_size)
     except ValueError as error:
-        raise ValueError(f"model {name!r} cannot take {image_size}x{image_size} images with a "
-                         f"total stride of 4: {error}") from None
+        raise ValueError(f"model {name!r} cannot be adapted to {image_size}x{image_size} "
+                         f"images: {error}") from None
 
 
 def _torchvision_names() -> list[str]:
