@@ -95,7 +95,8 @@ def _method(name: str, student: str, teacher: str, device: torch.device,
     """The method as the engine trains it (``fast``: its teacher's BatchNorms folded), or as
     the authors' code does (not folded)."""
     torch.manual_seed(0)
-    shape = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    shape = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
+             "image_size": dataset.image_size}
     student_model = models.create(student, **shape)
     teacher_model = models.create(teacher, **shape) if methods.needs_teacher(name) else None
     method = methods.create(name, student_model, teacher_model, train_labels=dataset.labels,

@@ -394,10 +394,14 @@ def lockstep_groups(run_configs: Sequence[dict], jobs: int = 1) -> list[list[dic
 
 def identity(config: dict) -> str:
     """A stable hash of what a run computes: everything but the execution keys, and the
-    method's revision once its computation has changed (``catkd.methods.revision``)."""
+    method's and the models' revisions once what they compute has changed
+    (``catkd.methods.revision``, ``catkd.models.revision``)."""
     essential = copy.deepcopy(config)
     if methods.revision(config["method"]) > 1:
         essential["method_revision"] = methods.revision(config["method"])
+    for role, name in (("student", config["student"]), ("teacher", config["teacher"]["model"])):
+        if name and models.revision(name) > 1:
+            essential[f"{role}_revision"] = models.revision(name)
     for key in EXECUTION_KEYS:
         *sections, leaf = key.split(".")
         section = essential

@@ -38,10 +38,10 @@ SUMMARY = "summary.json"
 SUMMARY_ACCURACIES = ("best_acc", "last_acc")
 
 
-def build_student(config: dict, shape: tuple[int, int]) -> nn.Module:
-    """The untrained student of ``config`` for ``shape`` = (classes, input channels)."""
-    num_classes, in_channels = shape
-    return models.create(config["student"], num_classes=num_classes, in_channels=in_channels)
+def build_student(config: dict, shape: tuple[int, int, int]) -> nn.Module:
+    """The untrained student of ``config`` for ``shape`` = (classes, input channels, image
+    side), the data's (``models.create``'s arguments)."""
+    return models.create(config["student"], *shape)
 
 
 @dataclass
@@ -71,10 +71,15 @@ class Run:
         """The per-epoch metrics, one dict per epoch."""
         return read_metrics(self.path / METRICS)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(classes, input channels, image side) of the data it trained on."""
+        return self.summary["num_classes"], self.summary["in_channels"], self.summary["image_size"]
+
     def model(self, which: str = "last") -> nn.Module:
-        """The trained student ("last" or "best" epoch), on the CPU, in eval mode."""
-        shape = (self.summary["num_classes"], self.summary["in_channels"])
-        student = build_student(self.config, shape)
+        """The trained student ("last" or "best" epoch), on the CPU, in eval mode: built for
+        the data it trained on, as it was trained."""
+        student = build_student(self.config, self.shape)
         checkpoint = self.path / (LAST if which == "last" else BEST)
         return models.load_checkpoint(student, checkpoint).eval()
 

@@ -122,11 +122,12 @@ def _environment(device: torch.device, world_size: int, runtime: dict) -> dict:
 
 # --------------------------------------------------------------------------- teachers
 
-def load_teacher(config: dict, shape: tuple[int, int], quiet: bool = False) -> nn.Module:
-    """The teacher of a distillation config: from ``teacher.checkpoint``, or trained here."""
+def load_teacher(config: dict, shape: tuple[int, int, int], quiet: bool = False) -> nn.Module:
+    """The teacher of a distillation config for ``shape`` = (classes, input channels, image
+    side): from ``teacher.checkpoint``, or trained here."""
     spec = config["teacher"]
     if spec["checkpoint"]:
-        teacher = models.create(spec["model"], num_classes=shape[0], in_channels=shape[1])
+        teacher = models.create(spec["model"], *shape)
         return models.load_checkpoint(teacher, spec["checkpoint"])
     teacher_run = configs.teacher_config(config)
     path = Path(teacher_run["out"]) / configs.run_name(teacher_run)
@@ -443,9 +444,9 @@ def _train(members: list[tuple[dict, Path]], rank: int, world_size: int, quiet: 
 
     loaders = data.loaders(config, device, rank, world_size,
                            methods.needs_sample_indices(config["method"]))
-    shape = (loaders.num_classes, loaders.in_channels)
+    shape = (loaders.num_classes, loaders.in_channels, loaders.image_size)
     for member_config, _ in members:
-        _dry_step(member_config, shape, loaders.image_size, loaders.train_labels)
+        _dry_step(member_config, shape, loaders.train_labels)
     teacher = load_teacher(config, shape, quiet) if config["teacher"]["model"] else None
     lockstep = len(members) > 1
     if lockstep:  # folded first: folding traces the forward that sharing replaces
@@ -474,17 +475,18 @@ def _train(members: list[tuple[dict, Path]], rank: int, world_size: int, quiet: 
                 trainees.remove(trainee)
                 progress.say(str(error))
     for trainee in trainees:
-        runs.append(_finish(trainee, shape, loaders.image_size, rank))
+        runs.append(_finish(trainee, shape, rank))
     if dist.is_initialized():
         dist.barrier()
     return runs, failures
 
 
-def _start(config: dict, path: Path, teacher: nn.Module | None, loaders, shape: tuple[int, int],
-           device: torch.device, rank: int, world_size: int, fold_teacher: bool,
-           progress: RunProgress) -> _Trainee:
-    """Build the student and its step for ``config``, resume it from ``path`` if it has a
-    last.pt, and write the run folder's config, environment and kept metrics."""
+def _start(config: dict, path: Path, teacher: nn.Module | None, loaders,
+           shape: tuple[int, int, int], device: torch.device, rank: int, world_size: int,
+           fold_teacher: bool, progress: RunProgress) -> _Trainee:
+    """Build the student and its step for ``config`` and ``shape`` (classes, input channels,
+    image side), resume it from ``path`` if it has a last.pt, and write the run folder's
+    config, environment and kept metrics."""
     runtime = config["runtime"]
     # Seeded after the teacher so that the student's initialisation does not depend on whether
     # the teacher was trained in this process or loaded, nor on the runs beside it in lockstep.
@@ -580,14 +582,14 @@ def _end_epoch(trainee: _Trainee, averages: dict, epoch: int, test_loader, num_c
                                f"test {row['test_acc']:.2f}%  ({row['seconds']:.1f}s)")
 
 
-def _finish(trainee: _Trainee, shape: tuple[int, int], image_size: int, rank: int) -> Run:
+def _finish(trainee: _Trainee, shape: tuple[int, int, int], rank: int) -> Run:
     """Write ``trainee``'s summary once its last epoch is done; its finished run."""
     config, runtime, evaluation = trainee.config, trainee.config["runtime"], trainee.evaluation
     summary = {"best_acc": trainee.best_acc, "best_epoch": trainee.best_epoch,
                "last_acc": evaluation["top1"], "last_top5": evaluation["top5"],
                "epochs": config["optim"]["epochs"], "seconds": trainee.seconds,
                "per_class_acc": evaluation["per_class"],
-               "num_classes": shape[0], "in_channels": shape[1], "image_size": image_size,
+               "num_classes": shape[0], "in_channels": shape[1], "image_size": shape[2],
                "bf16": runtime["bf16"], "channels_last": runtime["channels_last"],
                "student_parameters": sum(p.numel() for p in trainee.student.parameters()),
                "extra_parameters": trainee.method.extra_parameter_count()}
@@ -596,15 +598,13 @@ def _finish(trainee: _Trainee, shape: tuple[int, int], image_size: int, rank: in
     return Run(trainee.path, config, summary)
 
 
-def _dry_step(config: dict, shape: tuple[int, int], image_size: int,
-              train_labels: torch.Tensor) -> None:
+def _dry_step(config: dict, shape: tuple[int, int, int], train_labels: torch.Tensor) -> None:
     """One forward of the method on two blank images, with an untrained teacher of the same
     architecture: a setting that does not fit the models and the data (a CAM resolution larger
     than the maps, a stage that does not exist) fails here, before a teacher trains for hours."""
-    num_classes, in_channels = shape
+    _, in_channels, image_size = shape
     teacher_name = config["teacher"]["model"]
-    teacher = (models.create(teacher_name, num_classes=num_classes, in_channels=in_channels)
-               if teacher_name else None)
+    teacher = models.create(teacher_name, *shape) if teacher_name else None
     try:
         method = methods.create(config["method"], build_student(config, shape), teacher,
                                 train_labels=train_labels, **config["loss"])
@@ -615,6 +615,33 @@ def _dry_step(config: dict, shape: tuple[int, int], image_size: int,
     indices = [torch.arange(2)] if method.needs_sample_indices else []
     with torch.no_grad():
         method(images, torch.zeros(2, dtype=torch.long), 0, *indices)
+
+
+def refusals(run_configs: Sequence[dict]) -> list[str | None]:
+    """For each config, why its run cannot train, as the dry step before its training would
+    refuse it (its method does not fit its student, its teacher or its data), or None. Nothing
+    trains; each data section is read once, and runs that differ only in what the dry step
+    does not see (seed, recipe) are checked once."""
+    shapes: dict[str, tuple[tuple[int, int, int], torch.Tensor]] = {}
+    by_setting: dict[str, str | None] = {}
+    verdicts = []
+    for config in run_configs:
+        data_key = configs.dump(config["data"])
+        if data_key not in shapes:
+            train_set, _ = data.datasets(config)
+            shapes[data_key] = ((train_set.num_classes, train_set.in_channels,
+                                 train_set.image_size), train_set.labels)
+        setting = configs.dump({"data": config["data"], "method": config["method"],
+                                "loss": config["loss"], "student": config["student"],
+                                "teacher": config["teacher"]["model"]})
+        if setting not in by_setting:
+            try:
+                _dry_step(config, *shapes[data_key])
+                by_setting[setting] = None
+            except ValueError as error:
+                by_setting[setting] = str(error)
+        verdicts.append(by_setting[setting])
+    return verdicts
 
 
 def _restart(file: Path) -> str:

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from conftest import ROOT, fake_run, write_sweep
 
-from catkd import chapter, figures, sweep
+from catkd import chapter, figures, sweep, train
 
 TABLE = """
 title: a table
@@ -159,6 +159,30 @@ def test_the_teacher_parameter_replaces_the_teacher_of_the_runs_that_distil(tmp_
     assert chapter.setup("quick", "cpu", "runs", []).teacher_overrides == []
     with pytest.raises(ValueError, match="teacher_checkpoint needs teacher"):
         chapter.setup("quick", "cpu", "runs", [], teacher_checkpoint="r56.pt")
+
+
+def test_runs_whose_method_cannot_use_the_chapter_s_teacher_are_left_out_with_the_reason(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torchvision_teacher = chapter.setup("quick", "cpu", str(tmp_path / "runs"),
+                                        ["data.dataset=digits"],
+                                        teacher="torchvision.shufflenet_v2_x0_5")
+    table = write_sweep(tmp_path, TABLE.replace("QUICK/catkd", "QUICK/at.yaml, QUICK/catkd"))
+    loaded = torchvision_teacher.load(table)
+    assert [experiment.config["method"] for experiment in loaded.experiments] == \
+        ["ce", "ce", "catkd", "catkd"]
+    assert capsys.readouterr().out == (
+        "left out of table.yaml, with its claims: method at cannot use the teacher "
+        "torchvision.shufflenet_v2_x0_5: AT pairs stages one to one: student CifarResNet has "
+        "stages ('layer1', 'layer2', 'layer3'), teacher ShuffleNetV2 has ()\n")
+    (tmp_path / "at").mkdir()
+    only_at = write_sweep(tmp_path / "at", "configs: [QUICK/ce.yaml, QUICK/at.yaml]")
+    with pytest.raises(ValueError, match="no run can use its teacher; method at cannot use"):
+        torchvision_teacher.load(only_at)
+    # The configs' own teachers serve every run: they are not checked.
+    monkeypatch.setattr(train, "refusals", lambda run_configs: pytest.fail("checked"))
+    configs_teachers = chapter.setup("quick", "cpu", str(tmp_path / "runs"), [])
+    assert len(configs_teachers.load(table).experiments) == 6
 
 
 @pytest.mark.parametrize("jobs", [0, "two", True])

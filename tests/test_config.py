@@ -92,6 +92,19 @@ def test_run_names_are_stable_and_a_method_revision_renames_its_runs(monkeypatch
     assert config.run_name(student) != revised
 
 
+def test_a_model_from_outside_the_zoo_names_its_runs_by_how_it_is_built_now(monkeypatch):
+    """torchvision and timm models are reduced to a total stride of 4 for small images since
+    their revision 2: a run made with their ImageNet strides has the same weights' shapes and
+    would load silently into another model, so its folder is not the new one's."""
+    from catkd import models
+
+    teacher = config.resolve(QUICK / "kd.yaml", ["teacher.model=torchvision.resnet18"])
+    assert (models.revision("torchvision.resnet18"), models.revision("resnet20")) == (2, 1)
+    revised = config.run_name(teacher)
+    monkeypatch.setattr(models, "revision", lambda name: 1)
+    assert config.run_name(teacher) != revised
+
+
 def test_lockstep_groups_gather_the_students_that_see_the_same_batches_from_one_teacher():
     def run(*overrides):
         return config.resolve(QUICK / "kd.yaml", ["data.dataset=digits", *overrides])

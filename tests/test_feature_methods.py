@@ -311,6 +311,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="declares no preact_stages"):
         methods.create("reviewkd", models.create("resnet8"),
                        models.create("imagenet_mobilenet_v2"))
+    with pytest.raises(ValueError, match="ShuffleNetV2 declares no get_classifier()"):
+        methods.create("rkd", models.create("resnet8"),
+                       models.create("torchvision.shufflenet_v2_x0_5", num_classes=100))
 
 
 # ------------------------------------------------------------------------ saving, resuming

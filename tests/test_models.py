@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from catkd import cam, models
+from conftest import calibrated
 
 SHAPES = json.loads((Path(__file__).parent / "cifar100_teacher_state_dict_shapes.json").read_text())
 
@@ -88,6 +89,61 @@ def test_a_torchvision_teacher_gives_its_cams_and_a_head_that_is_not_gap_linear_
     assert cams.shape == (2, 10, 2, 2)
     with pytest.raises(TypeError, match="global average pooling followed by exactly one"):
         cam.convert(models.create("torchvision.mobilenet_v3_small", num_classes=10))
+
+
+@pytest.mark.parametrize("name, image_size, side", [
+    ("torchvision.resnet18", 28, 7), ("torchvision.resnet18", 8, 2), ("timm.resnet18", 8, 2),
+    ("torchvision.shufflenet_v2_x0_5", 8, 2)])
+def test_an_outside_model_for_small_images_has_a_total_stride_of_4(name, image_size, side):
+    """As the zoo's CIFAR ResNets: Fashion-MNIST's 28x28 -> 7x7 maps, digits' 8x8 -> 2x2;
+    a ShuffleNetV2 downsamples on two branches at once, each set to stride 1 alike."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, image_size, image_size)
+    model = calibrated(models.create(name, num_classes=10, in_channels=1,
+                                     image_size=image_size), images)
+    with torch.no_grad():
+        logits, cams = cam.convert(model)(images)
+        original = model(images)
+    assert cams.shape == (2, 10, side, side)
+    torch.testing.assert_close(logits, original)
+    bias = model.get_classifier().bias if hasattr(model, "get_classifier") else model.fc.bias
+    torch.testing.assert_close(cams.mean(dim=(2, 3)) + bias, original)
+
+
+def test_an_outside_model_without_image_size_or_for_large_images_is_as_built():
+    images = torch.randn(1, 3, 224, 224)
+    for image_size in (None, 64):
+        resnet = models.create("torchvision.resnet18", num_classes=10, image_size=image_size)
+        with torch.no_grad():
+            assert cam.convert(resnet.eval())(images)[1].shape == (1, 10, 7, 7)  # stride 32
+
+
+def test_a_zoo_model_ignores_image_size():
+    torch.manual_seed(0)
+    built = models.create("resnet8", num_classes=10, in_channels=1).eval()
+    torch.manual_seed(0)
+    given = models.create("resnet8", num_classes=10, in_channels=1, image_size=8).eval()
+    images = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert given.forward_features(images).shape[2:] == (2, 2)
+        torch.testing.assert_close(given(images), built(images))
+
+
+@pytest.mark.parametrize("name, found", [
+    ("torchvision.convnext_tiny", "it downsamples by features.0.0 (stride 4x4)"),
+    ("torchvision.squeezenet1_1", "its last map on 28x28 images is 6x6, not the 7x7")])
+def test_an_outside_model_whose_downsampling_cannot_reach_a_stride_of_4_is_refused(name, found):
+    """ConvNeXt's patchify stem has stride 4; SqueezeNet's unpadded stem convolution and max
+    pooling shrink the map by 2 pixels at stride 1."""
+    with pytest.raises(ValueError, match=rf"model '{name}' cannot be adapted to 28x28 images: "
+                                         rf".*{re.escape(found)}"):
+        models.create(name, num_classes=10, in_channels=1, image_size=28)
+
+
+@pytest.mark.parametrize("image_size", [0, -8])
+def test_an_image_size_below_1_is_refused(image_size):
+    with pytest.raises(ValueError, match=f"image_size .* must be >= 1, .*image_size={image_size}"):
+        models.create("torchvision.resnet18", num_classes=10, image_size=image_size)
 
 
 @pytest.mark.parametrize("name, listed", [

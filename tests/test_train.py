@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from catkd import config, data, methods, models, runs, train
+from catkd import cam, config as configs, data, methods, models, runs, train
 from conftest import tiny
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -56,6 +56,28 @@ def test_a_named_folder_of_another_config_is_refused(tmp_path):
     train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1"), quiet=True)
     with pytest.raises(ValueError, match="holds a run of a different config"):
         train.fit(None, tiny(tmp_path, "name=mine", "optim.epochs=1", "seed=1"), quiet=True)
+
+
+def test_a_torchvision_run_reloads_as_it_trained_for_its_small_images(tmp_path):
+    """A torchvision.resnet18 teacher run, three steps on 5% of digits: reloaded, as a run and
+    as a teacher from its checkpoint, it is the model the run evaluated, with 2x2 maps (in
+    float32, so that the run's evaluation is repeated exactly)."""
+    run = train.fit(None, tiny(tmp_path, "student=torchvision.resnet18", "optim.epochs=1",
+                               "data.fraction=0.05", "runtime.bf16=false"), quiet=True)
+    assert run.shape == (10, 1, 8)
+    model = run.model()
+    loader = data.BatchLoader(data.load("digits", "test"), batch_size=32, train=False)
+    measured = train.evaluate(model, loader, 10, torch.device("cpu"))
+    assert measured["per_class"] == pytest.approx(run.summary["per_class_acc"])
+    config = configs.resolve(None, tiny(tmp_path, "method=kd",
+                                        "teacher.model=torchvision.resnet18",
+                                        f"teacher.checkpoint={run.path / runs.LAST}"))
+    teacher = train.load_teacher(config, run.shape).eval()
+    images, _ = next(iter(loader))
+    with torch.no_grad():
+        logits, cams = cam.convert(model)(images)
+        torch.testing.assert_close(teacher(images), logits)
+    assert cams.shape == (32, 10, 2, 2)
 
 
 @pytest.mark.slow
@@ -238,7 +260,7 @@ def test_attention_trains_by_its_math_kernel_under_bf16_on_a_cpu():
 def _lockstep_group(out, *overrides):
     """Configs of kd, catkd and cat students of one resnet14 teacher on digits (one epoch)."""
     shared = ["teacher.model=resnet14", "optim.epochs=1", *overrides]
-    return [config.resolve(None, tiny(out, *shared, *settings)) for settings in (
+    return [configs.resolve(None, tiny(out, *shared, *settings)) for settings in (
         ["method=kd"], ["method=catkd", "loss.normalize=l2"],
         ["method=cat", "loss.normalize=l2", "loss.beta=200"])]
 
@@ -275,19 +297,19 @@ def test_runs_in_lockstep_are_the_runs_fit_makes_with_one_teacher_forward_per_ba
 def test_lockstep_refuses_runs_that_do_not_see_the_same_batches(tmp_path):
     group = _lockstep_group(tmp_path)
     with pytest.raises(ValueError, match="same teacher with the same data, seed"):
-        train.fit_lockstep([group[0], config.resolve(None, tiny(
+        train.fit_lockstep([group[0], configs.resolve(None, tiny(
             tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=kd", "seed=1"))])
     with pytest.raises(ValueError, match="read the teacher through its forward alone"):
-        train.fit_lockstep([group[0], config.resolve(None, tiny(
+        train.fit_lockstep([group[0], configs.resolve(None, tiny(
             tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=at"))])
 
 
 @pytest.mark.slow
 def test_a_run_that_diverges_in_lockstep_stops_alone(tmp_path):
     kd, catkd, _ = _lockstep_group(tmp_path)
-    diverging = config.resolve(catkd, ["loss.beta=1.0e+39"])
+    diverging = configs.resolve(catkd, ["loss.beta=1.0e+39"])
     with pytest.raises(RuntimeError,
                        match=r"catkd_resnet14-resnet8\S*: the loss term loss_\w+ became"):
         train.fit_lockstep([kd, diverging], quiet=True)
-    assert (tmp_path / config.run_name(kd) / "summary.json").is_file()
-    assert not (tmp_path / config.run_name(diverging) / "summary.json").is_file()
+    assert (tmp_path / configs.run_name(kd) / "summary.json").is_file()
+    assert not (tmp_path / configs.run_name(diverging) / "summary.json").is_file()

@@ -216,6 +216,9 @@ class PooledRecorder(_Recorder):
     """A hook on the classifier that keeps its input: the (N, C) globally pooled features."""
 
     def __init__(self, model: nn.Module) -> None:
+        if not hasattr(model, "get_classifier"):
+            raise ValueError(f"{type(model).__name__} declares no get_classifier(); the "
+                             f"feature-based methods need a zoo model (catkd.models) that names it")
         super().__init__(model, ("pooled",))
         self._hook(model.get_classifier().register_forward_pre_hook(
             partial(self._keep_input, "pooled")))

@@ -6,6 +6,8 @@ from typing import Callable
 
 from torch import nn
 
+from catkd.models.adapt import SMALL_IMAGE_SIZE, reduce_stride
+
 Factory = Callable[[int, int], nn.Module]
 _FACTORIES: dict[str, Factory] = {}
 
@@ -44,20 +46,40 @@ def check(name: str, key: str = "model ") -> None:
         "torchvision.resnet18) or timm.<name> (a timm model)")))
 
 
-def create(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
+def revision(name: str) -> int:
+    """How ``create`` builds model ``name``, raised when that changes for the same name: 2 for
+    the models from outside the zoo, which are reduced to a total stride of 4 for small images
+    (a run made before with their ImageNet strides is another model with the same weights)."""
+    return 1 if name in _FACTORIES else 2
+
+
+def create(name: str, num_classes: int = 100, in_channels: int = 3,
+           image_size: int | None = None) -> nn.Module:
     """Build a freshly initialised model by name, e.g. ``create("resnet8x4", num_classes=10)``;
     a torchvision or timm model by "torchvision.<name>" or "timm.<name>", with its classifier
-    sized to ``num_classes`` and its first convolution to ``in_channels``, never downloaded."""
+    sized to ``num_classes`` and its first convolution to ``in_channels``, never downloaded.
+
+    ``image_size``, the side of the images the model will see: an outside model given images
+    below 64 pixels has its earliest downsamplings set to stride 1, a total stride of 4 as the
+    zoo's CIFAR ResNets (``catkd.models.adapt``); None leaves it as built, for ImageNet's
+    sizes. The zoo's models are built for their data already and ignore it."""
     check(name)
-    if num_classes < 1 or in_channels < 1:
+    if num_classes < 1 or in_channels < 1 or (image_size is not None and image_size < 1):
         raise ValueError(
-            f"num_classes and in_channels must be >= 1, got num_classes={num_classes}, "
-            f"in_channels={in_channels}"
+            f"num_classes, in_channels and image_size (or None) must be >= 1, got "
+            f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size}"
         )
     if name in _FACTORIES:
         return _FACTORIES[name](num_classes, in_channels)
     source, _, architecture = name.partition(".")
-    return _OUTSIDE[source][0](architecture, num_classes, in_channels)
+    model = _OUTSIDE[source][0](architecture, num_classes, in_channels)
+    if image_size is None or image_size >= SMALL_IMAGE_SIZE:
+        return model
+    try:
+        return reduce_stride(model, in_channels, image_size)
+    except ValueError as error:
+        raise ValueError(f"model {name!r} cannot be adapted to {image_size}x{image_size} "
+                         f"images: {error}") from None
 
 
 def _torchvision_names() -> list[str]:
