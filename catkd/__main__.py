@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher = _teacher_overrides(args.teacher, args.teacher_checkpoint)
             loaded = [sweep.load(file, args.overrides, teacher_overrides=teacher)
                       for file in args.files]
+            if teacher:  # the runs whose method cannot use it are left out, as chapters do
+                loaded = [sweep.without_refused(each) for each in loaded]
             jobs = _jobs(args.jobs, loaded[0].experiments[0].config["runtime"]["device"])
             if len(loaded) > 1 and (args.list or args.index is not None):
                 raise ValueError("--list and --index take one sweep file")

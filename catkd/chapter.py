@@ -13,7 +13,6 @@ imports it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,28 +75,10 @@ class Chapter:
                                       self.teacher_overrides))
 
     def usable(self, loaded: Sweep) -> Sweep:
-        """``loaded`` less the runs whose method cannot use the chapter's teacher (e.g. AT
-        pairs stages that a torchvision model does not declare), each method said once with its
-        reason: its rows, and the claims about them, are left out of the chapter. The configs'
-        own teachers serve every run of the book, so without a teacher parameter nothing is
-        left out; a teacher that serves none of the sweep's runs is a ValueError."""
-        if not self.teacher_overrides:
-            return loaded
-        from catkd import train  # the dry step's home: loaded only where a teacher is replaced
-
-        distilling = [experiment for experiment in loaded.experiments
-                      if experiment.config["teacher"]["model"]]
-        reasons = train.refusals([experiment.config for experiment in distilling])
-        refused = {experiment: reason for experiment, reason in zip(distilling, reasons) if reason}
-        said = {f"method {experiment.config['method']} cannot use the teacher "
-                f"{experiment.config['teacher']['model']}: {reason}"
-                for experiment, reason in refused.items()}
-        if refused and len(refused) == len(distilling):
-            raise ValueError(f"{loaded.path}: no run can use its teacher; {min(said)}")
-        for line in sorted(said):
-            print(f"left out of {loaded.path.name}, with its claims: {line}")
-        return dataclasses.replace(loaded, experiments=[
-            experiment for experiment in loaded.experiments if experiment not in refused])
+        """``loaded`` less the runs whose method cannot use the chapter's teacher, their rows
+        and claims left out of the chapter (``catkd.sweep.without_refused``). The configs' own
+        teachers serve every run of the book, so without a teacher parameter nothing is."""
+        return sweep.without_refused(loaded) if self.teacher_overrides else loaded
 
     def experiment(self, config_file: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
         """The run of ``config_file`` with this chapter's overrides (then ``overrides``), its

@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import shlex
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -208,6 +209,30 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = (),
     return Sweep(path, spec.get("title", path.stem), experiments, spec.get("rows", "method"),
                  spec.get("columns", "pair"), spec.get("paper") or {}, spec.get("probe") or [],
                  bool(spec.get("top5", False)))
+
+
+def without_refused(loaded: Sweep) -> Sweep:
+    """``loaded`` less the runs whose method cannot use their teacher (e.g. AT pairs stages
+    that a torchvision model does not declare), as the dry step before their training would
+    refuse them, each method said once with its reason (nothing trains). For a teacher given
+    to a whole sweep, where some of its methods cannot use it; a teacher that serves none of
+    the sweep's runs is a ValueError."""
+    from catkd import train  # the dry step's home: loaded only where a teacher is replaced
+
+    distilling = [experiment for experiment in loaded.experiments
+                  if experiment.config["teacher"]["model"]]
+    reasons = train.refusals([experiment.config for experiment in distilling])
+    refused = {experiment.path: reason for experiment, reason in zip(distilling, reasons)
+               if reason}
+    said = {f"method {experiment.config['method']} cannot use the teacher "
+            f"{experiment.config['teacher']['model']}: {refused[experiment.path]}"
+            for experiment in distilling if experiment.path in refused}
+    if refused and len(refused) == len(distilling):
+        raise ValueError(f"{loaded.path}: no run can use its teacher; {min(said)}")
+    for line in sorted(said):
+        print(f"left out of {loaded.path.name}, with its claims: {line}")
+    return dataclasses.replace(loaded, experiments=[
+        experiment for experiment in loaded.experiments if experiment.path not in refused])
 
 
 def run(sweep: Sweep, index: int | None = None, quiet: bool = False,

@@ -459,3 +459,19 @@ def test_a_missing_teacher_checkpoint_is_one_error_before_anything_trains(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"teacher checkpoint\(s\) not found: .*absent\.pt"):
         sweep.fit_all(loaded.experiments, quiet=True)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_sweep_with_a_teacher_that_some_methods_cannot_use_leaves_their_runs_out(
+        tmp_path, monkeypatch, capsys):
+    """As a chapter does (make book TEACHER=... runs this sweep first): AT pairs stages that a
+    torchvision model does not declare, so its run is left out with the reason; kd stays."""
+    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
+                        {"step_ms": {names[0]: 10.0}})
+    path = write_sweep(tmp_path, TINY_SWEEP.replace("QUICK/catkd.yaml", "QUICK/at.yaml"))
+    assert main(["sweep", str(path), "--plan", "--teacher", "torchvision.shufflenet_v2_x0_5",
+                 f"out={tmp_path / 'runs'}"]) == 0
+    printed = capsys.readouterr().out
+    assert ("left out of table.yaml, with its claims: method at cannot use the teacher "
+            "torchvision.shufflenet_v2_x0_5: ") in printed
+    # ce, kd and kd's teacher: AT's run is not planned.
+    assert "3 runs to train (of 3 asked for, teachers included)" in printed
