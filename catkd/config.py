@@ -370,9 +370,11 @@ def lockstep_key(config: dict) -> str | None:
     """What runs must share to train in lockstep, one teacher forward per batch serving them all
     (``catkd.train.fit_lockstep``): everything but their name, method, student and loss
     settings, so that they see the same batches from the same teacher with the same recipe.
-    None for a run that cannot: one without a teacher, or whose method reads the teacher
-    otherwise than by its forward (``catkd.methods.shares_teacher_forward``)."""
-    if not (config["teacher"]["model"]
+    None for a run that cannot: one without a teacher, or with a teacher whose features cannot
+    be shared (a torchvision model has no ``forward_features``), or whose method reads the
+    teacher otherwise than by its forward (``catkd.methods.shares_teacher_forward``)."""
+    teacher = config["teacher"]["model"]
+    if not (teacher and models.has_forward_features(teacher)
             and methods.shares_teacher_forward(config["method"], config["loss"])):
         return None
     return json.dumps({key: value for key, value in config.items()

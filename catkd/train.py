@@ -357,9 +357,10 @@ def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
     """
     keys = {configs.lockstep_key(config) for config in run_configs}
     if None in keys or len(keys) > 1:
-        raise ValueError("runs train in lockstep when they distil from the same teacher with "
-                         "the same data, seed, recipe and runtime, by methods that read the "
-                         "teacher through its forward alone (kd, dkd, cat, catkd with CAMs)")
+        raise ValueError("runs train in lockstep when they distil from the same teacher (a zoo "
+                         "or timm model) with the same data, seed, recipe and runtime, by "
+                         "methods that read the teacher through its forward alone (kd, dkd, "
+                         "cat, catkd with CAMs)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("fit_lockstep trains in one process; under torchrun, fit each run")
     paths = [Path(config["out"]) / configs.run_name(config) for config in run_configs]

@@ -113,9 +113,13 @@ def test_lockstep_groups_gather_the_students_that_see_the_same_batches_from_one_
     other_seed, at, ce = run("seed=1"), run("method=at", "loss={}"), run("method=ce",
                                                                        "teacher.model=null")
     gradcam = run("method=cat", "loss={}", "loss.teacher_maps=gradcam")
+    # A torchvision teacher has no forward_features to share.
+    torchvision = [run("teacher.model=torchvision.resnet18", f"method={method}", "loss={}")
+                   for method in ("kd", "dkd")]
     runs = [kd, other_seed, at, dkd, ce, catkd, gradcam]
     assert config.lockstep_groups(runs) == [[kd, dkd, catkd], [other_seed], [at], [ce],
                                             [gradcam]]
+    assert config.lockstep_groups(torchvision) == [[run] for run in torchvision]
     # Cut so that every worker gets work: 7 runs, 4 workers, at most 2 runs a group.
     assert config.lockstep_groups(runs, jobs=4) == [[kd, dkd], [catkd], [other_seed], [at],
                                                     [ce], [gradcam]]

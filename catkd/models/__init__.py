@@ -25,7 +25,8 @@ from catkd.models import (  # noqa: F401  (importing a module registers its mode
 from catkd.models.base import GAPClassifier
 from catkd.models.checkpoint import load_checkpoint
 from catkd.models.fold import fold_batchnorm
-from catkd.models.registry import check, create, names, register, revision
+from catkd.models.registry import (check, create, has_forward_features, names, register,
+                                   revision)
 
-__all__ = ["GAPClassifier", "check", "create", "fold_batchnorm", "load_checkpoint", "names",
-           "register", "revision"]
+__all__ = ["GAPClassifier", "check", "create", "fold_batchnorm", "has_forward_features",
+           "load_checkpoint", "names", "register", "revision"]

@@ -46,6 +46,12 @@ def check(name: str, key: str = "model ") -> None:
         "torchvision.resnet18) or timm.<name> (a timm model)")))
 
 
+def has_forward_features(name: str) -> bool:
+    """Whether model ``name`` splits its forward into ``forward_features`` and ``forward_head``
+    (the zoo's and timm's models do; a torchvision classifier does not)."""
+    return name in _FACTORIES or name.partition(".")[0] == "timm"
+
+
 def revision(name: str) -> int:
     """How ``create`` builds model ``name``, raised when that changes for the same name: 2 for
     the models from outside the zoo, which are reduced to a total stride of 4 for small images
