@@ -296,7 +296,8 @@ def test_runs_in_lockstep_are_the_runs_fit_makes_with_one_teacher_forward_per_ba
 
 def test_lockstep_refuses_runs_that_do_not_see_the_same_batches(tmp_path):
     group = _lockstep_group(tmp_path)
-    with pytest.raises(ValueError, match="same teacher with the same data, seed"):
+    with pytest.raises(ValueError,
+                       match=r"same teacher \(a zoo or timm model\) with the same data, seed"):
         train.fit_lockstep([group[0], configs.resolve(None, tiny(
             tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=kd", "seed=1"))])
     with pytest.raises(ValueError, match="read the teacher through its forward alone"):
