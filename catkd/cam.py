@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["CAMModel", "convert", "class_activation_maps", "tokens_to_map", "upsample"]
+__all__ = ["CAMModel", "convert", "class_activation_maps", "feature_layer", "tokens_to_map",
+           "upsample"]
 
 HEAD_NEEDED = (
     "catkd.cam.convert needs a classifier whose head is global average pooling followed by "
@@ -111,6 +112,28 @@ def convert(model: nn.Module) -> CAMModel:
     features_node = pools[-1].args[0]
     classifier, _ = _classifier_after(traced, features_node, name)
     return CAMModel(model, _truncate(traced, features_node).forward, classifier)
+
+
+def feature_layer(model: nn.Module) -> str:
+    """The name of the submodule whose output ``model``'s last global average pooling reads:
+    its last feature map (torchvision's ResNets: "layer4"; VGG, MobileNets: "features"), for
+    models without ``forward_features``. Found by tracing with torch.fx, whatever the head after
+    the pooling; a TypeError where no module's output is pooled."""
+    name = type(model).__name__
+    traced = _trace(model, name)
+    nodes = list(traced.graph.nodes)
+    pools = [node for node in nodes if _is_global_average_pool(node, traced)]
+    if pools:
+        pooled = pools[-1].args[0]
+        # The modules that were running when fx recorded the pooled map, outermost first ("@1"
+        # marks a module's second call); the outermost that computes nothing afterwards returned it.
+        later = {path.split("@")[0] for node in nodes[nodes.index(pooled) + 1:]
+                 for path in node.meta.get("nn_module_stack", {})}
+        for path in pooled.meta.get("nn_module_stack", {}):
+            if "@" not in path and path not in later:
+                return path
+    raise TypeError(f"{name} has no global average pooling of a submodule's output: name "
+                    f"the layer whose output is the feature map")
 
 
 def _token_features(model: nn.Module, prefix: int, name: str

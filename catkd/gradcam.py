@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from catkd.cam import tokens_to_map
+from catkd.cam import feature_layer, tokens_to_map
 
 __all__ = ["GradCAMModel", "grad_cam", "grad_cam_from_cams"]
 
@@ -37,8 +37,9 @@ class GradCAMModel(nn.Module):
     Use them as targets (CAT's teacher maps, ``catkd.methods.CAT(teacher_maps="gradcam")``),
     never as a student's maps: no gradient flows through them.
 
-    ``layer`` None takes F = ``model.forward_features(x)`` and runs ``model.forward_head`` on it;
-    a submodule name (e.g. "features" of a torchvision VGG, "stages.2" of a timm ConvNeXt)
+    ``layer`` None takes F = ``model.forward_features(x)`` and runs ``model.forward_head`` on it
+    (a model without them: the output of the module its last global average pooling reads,
+    ``catkd.cam.feature_layer``, e.g. "layer4" of a torchvision ResNet); a submodule name (e.g. "features" of a torchvision VGG, "stages.2" of a timm ConvNeXt)
     takes F = that module's output with a forward hook, for any model. F may be (N, T, D) tokens
     (a ViT): the first ``model.num_prefix_tokens`` (0 if absent) are left out and the rest laid
     out on the patch grid (``tokens_to_map``).
@@ -52,9 +53,11 @@ class GradCAMModel(nn.Module):
         super().__init__()
         if layer is None and not (hasattr(model, "forward_features")
                                   and hasattr(model, "forward_head")):
-            raise ValueError(f"{type(model).__name__} has no forward_features / forward_head: "
-                             f"name the layer whose output the maps are made of, e.g. "
-                             f"layer='features'")
+            try:
+                layer = feature_layer(model)
+            except TypeError as error:
+                raise ValueError(f"{error} (model has no forward_features / forward_head); "
+                                 f"e.g. layer='features'") from error
         if layer is not None:
             model.get_submodule(layer)  # an AttributeError naming the path if there is none
         self.model = model

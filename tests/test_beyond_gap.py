@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from catkd import cam, gradcam, losses, methods, metrics, models
@@ -110,12 +111,24 @@ def test_grad_maps_of_an_average_pooled_vit_are_its_token_cams():
     assert maps.shape == (2, 10, 4, 4) and (maps >= 0).all()
 
 
+def test_grad_maps_of_a_model_without_forward_features_are_taken_where_its_pooling_reads():
+    # torchvision's ResNet has no forward_features: the maps come from the map its global
+    # average pooling reads (layer4), and for its GAP + Linear head they are its CAMs.
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    assert cam.feature_layer(model) == "layer4"
+    logits, signed = gradcam.GradCAMModel(model, relu=False)(images)
+    torch.testing.assert_close(logits, model(images))
+    torch.testing.assert_close(signed * 4, cam.class_activation_maps(model, images),
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_grad_maps_run_under_no_grad_and_name_what_is_missing():
     model = calibrated_resnet8()
     with torch.no_grad():  # as CAT computes its teacher's maps
         _, maps = gradcam.GradCAMModel(model)(torch.randn(2, 3, 32, 32))
     assert maps.shape == (2, 6, 8, 8)
-    with pytest.raises(ValueError, match="name the layer"):
+    with pytest.raises(ValueError, match="no global average pooling.*name the layer"):
         gradcam.GradCAMModel(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten()))
     with pytest.raises(AttributeError, match="no_such_layer"):
         gradcam.GradCAMModel(model, "no_such_layer")
