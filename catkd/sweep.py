@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import shlex
 import time
+import traceback
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,6 +391,11 @@ def _fit_quietly(group: list[dict]) -> list[tuple[Path, str | None]]:
             train.fit_lockstep(group, quiet=True)
     except (ValueError, FileNotFoundError, RuntimeError) as raised:
         error = str(raised)
+    except Exception as raised:  # noqa: BLE001 - a fault, not bad input: say where, go on
+        # Raised here, it would end the pool and the other workers' runs with it.
+        frame = traceback.extract_tb(raised.__traceback__)[-1]
+        error = (f"{type(raised).__name__}: {raised} (at {Path(frame.filename).name}:"
+                 f"{frame.lineno}, in {frame.name})")
     return [(path, None if (path / SUMMARY).is_file() else error or "unfinished")
             for path in paths]
 

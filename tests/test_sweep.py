@@ -8,6 +8,7 @@ they need no training; the end-to-end test trains a tiny sweep twice, once as tw
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -262,6 +263,22 @@ def test_sweep_run_goes_on_after_a_failure_and_reports_it(table, monkeypatch):
     with pytest.raises(RuntimeError, match="1 of 9 runs failed:\n.*broken folder"):
         sweep.run(table, quiet=True)
     assert len(calls) == 9
+
+
+def test_a_worker_reports_a_fault_in_a_run_and_lets_the_other_runs_go_on(tmp_path, monkeypatch):
+    """Any exception in a worker's run comes back as that run's error, with its type and where
+    it was raised: raised in the worker, it would stop the pool and every run in it."""
+    (experiment,) = sweep.load(write_sweep(tmp_path, "configs: [QUICK/ce.yaml]\n"),
+                               [f"out={tmp_path / 'runs'}"]).experiments
+
+    def faulty_fit(config, quiet=False):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(train, "fit", faulty_fit)
+    ((path, error),) = sweep._fit_quietly([experiment.config])
+    assert path == experiment.path
+    assert re.fullmatch(r"TypeError: unsupported operand \(at test_sweep\.py:\d+, in faulty_fit\)",
+                        error), error
 
 
 def cli(*arguments, **kwargs) -> subprocess.Popen:
