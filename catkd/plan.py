@@ -6,7 +6,8 @@ this machine (``catkd.bench.step_times``, on random images of the dataset's shap
 threads the run will have), and multiplies by each run's steps. An epoch's evaluation is counted
 as a forward pass of the student over the test set, a third of the student's cross-entropy step
 per image (a backward pass costs about two forwards). With ``jobs`` worker processes the runs
-are spread over them as ``catkd.sweep.fit_all`` spreads them. A chapter or a sweep prints the
+are spread over them as ``catkd.sweep.fit_all`` spreads them (teachers first, each student
+once its teacher is finished). A chapter or a sweep prints the
 plan before it trains anything, so that a reader knows whether to wait or to come back later.
 Students that train in lockstep (``catkd.train.fit_lockstep``) share their teacher's forward:
 their group is counted as their runs less all but one teacher forward per batch.
@@ -66,21 +67,52 @@ def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int 
     students = [config for path, config in missing.items() if path not in teachers]
     groups = (sorted(configs.lockstep_groups(students, jobs), key=len, reverse=True)
               if jobs > 1 else [[student] for student in students])
-    stages = [[calibration.run_seconds(config) for path, config in missing.items()
-               if path in teachers],
-              [calibration.group_seconds(group) for group in groups]]
-    return Plan(len(asked), [path for path in missing if path in teachers]
-                + [path for path in missing if path not in teachers],
-                sum(_span(stage, jobs) for stage in stages), calibration.device_name, jobs)
+    missing_teachers = [path for path in missing if path in teachers]
+    work = ([_Work(calibration.run_seconds(missing[path]), path, None)
+             for path in missing_teachers]
+            + [_Work(calibration.group_seconds(group), None, _waits_for(group[0], missing))
+               for group in groups])
+    return Plan(len(asked), missing_teachers + [path for path in missing if path not in teachers],
+                _span(work, jobs), calibration.device_name, jobs)
 
 
-def _span(seconds: list[float], jobs: int) -> float:
-    """The time ``jobs`` workers take for runs of ``seconds``, taken in order, each by the
-    first worker that is free."""
-    workers = [0.0] * jobs
-    for run_seconds in seconds:
-        workers[workers.index(min(workers))] += run_seconds
-    return max(workers)
+@dataclass
+class _Work:
+    """A teacher's run or a group of students: its seconds, the teacher folder it makes (if a
+    teacher) and the missing teacher it waits for (if any)."""
+
+    seconds: float
+    makes: Path | None
+    waits_for: Path | None
+
+
+def _waits_for(config: dict, missing: dict[Path, dict]) -> Path | None:
+    if not config["teacher"]["model"] or config["teacher"]["checkpoint"]:
+        return None
+    teacher = _folder(configs.teacher_config(config))
+    return teacher if teacher in missing else None
+
+
+def _span(work: list[_Work], jobs: int) -> float:
+    """The time ``jobs`` workers take for ``work`` as ``catkd.sweep`` hands it out: a worker
+    that is free takes the first item whose teacher is finished (teachers come first and wait
+    for nothing), or waits for the next teacher to finish."""
+    free = [0.0] * jobs
+    finished_at: dict[Path, float] = {}
+    pending = list(work)
+    while pending:
+        worker = free.index(min(free))
+        ready = [item for item in pending if item.waits_for is None
+                 or finished_at.get(item.waits_for, math.inf) <= free[worker]]
+        if not ready:  # teachers are handed out first: those waited for have their time
+            free[worker] = min(finished_at[item.waits_for] for item in pending)
+            continue
+        item = ready[0]
+        pending.remove(item)
+        free[worker] += item.seconds
+        if item.makes is not None:
+            finished_at[item.makes] = free[worker]
+    return max(free)
 
 
 class _Calibration:

@@ -41,11 +41,13 @@ import itertools
 import json
 import multiprocessing
 import os
+import queue
 import shlex
 import time
 import traceback
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -269,8 +271,8 @@ def fit_all(experiments: Sequence[Experiment], jobs: int = 1,
     ``jobs`` > 1 trains the missing runs in that many worker processes, each with its share of
     the cores as threads (on 2 cores, two one-thread processes trained two quick runs 1.3x
     faster than one two-thread process: README, "Performance"); missing teachers train first,
-    so that no worker waits for another's teacher, then the students, those that can in
-    lockstep groups (one teacher forward per batch for the group)."""
+    and each student as soon as its teacher is finished, those that can in lockstep groups
+    (one teacher forward per batch for the group)."""
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
     _check_teacher_checkpoints(experiments)
@@ -328,53 +330,70 @@ def _teacher_folder(config: dict) -> Path | None:
 
 def _train_in_workers(experiments: Sequence[Experiment], jobs: int,
                       quiet: bool) -> dict[Path, str]:
-    """Train the unfinished runs of ``experiments`` in ``jobs`` processes, their missing
-    teachers first; returns {run folder: error} of the runs that failed (a failed teacher fails
-    its students). Students of one teacher that see the same batches train in lockstep, one
-    teacher forward per batch for all of them (``catkd.config.lockstep_groups``)."""
+    """Train the unfinished runs of ``experiments`` in ``jobs`` processes; returns {run folder:
+    error} of the runs that failed (a failed teacher fails its students). A worker that is free
+    takes the missing teachers first, then the runs whose teacher is finished (or that have
+    none), the largest lockstep group first: students of one teacher that see the same batches
+    train together, one teacher forward per batch for all of them
+    (``catkd.config.lockstep_groups``). No worker waits for a teacher while another run could
+    train."""
     students = list({experiment.path: experiment.config for experiment in experiments
                      if not (experiment.path / SUMMARY).is_file()}.items())
-    teachers = {_teacher_folder(config): configs.teacher_config(config)
-                for _, config in students if _teacher_folder(config) is not None}
-    stages = [[[config] for path, config in teachers.items() if not (path / SUMMARY).is_file()],
-              configs.lockstep_groups([config for _, config in students], jobs)]
+    training_teachers = {_teacher_folder(config): configs.teacher_config(config)
+                         for _, config in students if _teacher_folder(config) is not None
+                         and not (_teacher_folder(config) / SUMMARY).is_file()}
+    waiting = ([[config] for config in training_teachers.values()]
+               + sorted(configs.lockstep_groups([config for _, config in students], jobs),
+                        key=len, reverse=True))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failures: dict[Path, str] = {}
-    total = sum(len(group) for stage in stages for group in stage)
-    done, started = 0, time.perf_counter()
+    total = sum(len(group) for group in waiting)
+    done, training, started = 0, 0, time.perf_counter()
+    outcomes: queue.SimpleQueue = queue.SimpleQueue()
     # The workers train quietly (their output would not reach a notebook): this process shows
     # a status line, replaced in place in a notebook, so that a long run is not taken for a hang.
     status = RunProgress("worker processes", 1, not quiet)
     # spawn, not fork: a forked copy of a process that has run torch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
     with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        for stage in stages:
-            stage = [group for group in stage if _teacher_folder(group[0]) not in failures]
-            # The longest first (a lockstep group is several runs), so that none is left last.
-            results = pool.imap_unordered(_fit_quietly, sorted(stage, key=len, reverse=True))
-            while True:
-                try:
-                    outcomes = results.next(timeout=STATUS_SECONDS)
-                except StopIteration:
-                    break
-                except multiprocessing.TimeoutError:
-                    status.say(f"{done} of {total} runs finished, "
-                               f"{min(jobs, len(stage))} training, "
-                               f"{minutes(time.perf_counter() - started)} elapsed")
-                    continue
-                for path, error in outcomes:
-                    done += 1
-                    if error is not None:
-                        failures[path] = error
-                    if not quiet:
-                        print(f"{'failed' if error else 'finished'}: {path} ({done} of {total}, "
-                              f"{minutes(time.perf_counter() - started)} elapsed)"
-                              f"{': ' + error if error else ''}", flush=True)
+        while waiting or training:
+            # Students of a failed teacher are reported below, with the teacher's error.
+            waiting = [group for group in waiting if _teacher_folder(group[0]) not in failures]
+            ready = [group for group in waiting
+                     if _teacher_folder(group[0]) not in training_teachers]
+            for group in ready[:jobs - training]:
+                waiting.remove(group)
+                pool.apply_async(_fit_quietly, (group,), callback=outcomes.put,
+                                 error_callback=partial(_lost, group, outcomes))
+                training += 1
+            try:
+                finished = outcomes.get(timeout=STATUS_SECONDS)
+            except queue.Empty:
+                status.say(f"{done} of {total} runs finished, {training} training, "
+                           f"{minutes(time.perf_counter() - started)} elapsed")
+                continue
+            training -= 1
+            for path, error in finished:
+                done += 1
+                training_teachers.pop(path, None)
+                if error is not None:
+                    failures[path] = error
+                if not quiet:
+                    print(f"{'failed' if error else 'finished'}: {path} ({done} of {total}, "
+                          f"{minutes(time.perf_counter() - started)} elapsed)"
+                          f"{': ' + error if error else ''}", flush=True)
     for path, config in students:
         teacher_path = _teacher_folder(config)
         if teacher_path in failures:
             failures[path] = f"its teacher failed: {failures[teacher_path]}"
     return failures
+
+
+def _lost(group: list[dict], outcomes: queue.SimpleQueue, error: BaseException) -> None:
+    """Report each run of ``group`` failed with ``error``, which the pool raised instead of
+    running it (e.g. a config it could not send to the worker)."""
+    outcomes.put([(Path(config["out"]) / configs.run_name(config), f"{type(error).__name__}: "
+                   f"{error}") for config in group])
 
 
 def _fit_quietly(group: list[dict]) -> list[tuple[Path, str | None]]:

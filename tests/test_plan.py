@@ -1,6 +1,7 @@
 """The plan printed before training: which runs are missing and how long they will take here."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,24 +65,35 @@ def test_a_real_calibration_names_this_machine(tmp_path):
     assert devices.name(devices.resolve("cpu")) in str(estimate)
 
 
-def test_worker_processes_take_the_teachers_first_then_the_students_as_they_come_free():
+def test_worker_processes_take_the_teachers_first_then_each_student_once_its_teacher_is_done():
+    work = plan._Work
     assert plan._span([], 2) == 0
-    assert plan._span([5.0, 3.0, 3.0], 2) == 6.0  # 5 | 3 + 3
-    assert plan._span([5.0, 3.0, 3.0], 1) == 11.0
-    assert plan._span([1.0, 1.0], 4) == 1.0
+    alone = [work(5.0, None, None), work(3.0, None, None), work(3.0, None, None)]
+    assert plan._span(alone, 2) == 6.0  # 5 | 3 + 3
+    assert plan._span(alone, 1) == 11.0
+    assert plan._span([work(1.0, None, None)] * 2, 4) == 1.0
+    teacher = Path("runs/teacher")
+    # The teacher (4) beside the run without one (4); its student (3) after it: 7, where
+    # waiting for every teacher before any student would take 4 + 4.
+    assert plan._span([work(4.0, teacher, None), work(4.0, None, None),
+                       work(3.0, None, teacher)], 2) == 7.0
+    # A worker with nothing ready waits for the teacher: 2 | (wait to 4) + 3.
+    assert plan._span([work(4.0, teacher, None), work(3.0, None, teacher),
+                       work(2.0, None, None)], 2) == 7.0
 
 
-def test_an_estimate_for_two_workers_spreads_the_students_after_their_teacher(tmp_path,
-                                                                            monkeypatch):
+def test_an_estimate_for_two_workers_trains_each_student_after_its_teacher(tmp_path,
+                                                                           monkeypatch):
     measured = {"ce": 0.010, "kd": 0.025}
     monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
                         {"step_ms": {names[0]: 1000 * measured[names[0]]}})
     ce_run, kd_run = configs(tmp_path)
     alone = {name: plan.estimate([run]).seconds for name, run in (("ce", ce_run), ("kd", kd_run))}
-    teacher = plan.estimate([config.teacher_config(kd_run)]).seconds
     both = plan.estimate([ce_run, kd_run], jobs=2)
-    # The teacher alone first, then the two students side by side.
-    assert both.seconds == pytest.approx(teacher + max(alone["ce"], alone["kd"] - teacher))
+    # The kd student's teacher (1 epoch) beside the ce student (2 epochs), then the kd student
+    # in the worker its teacher freed: the kd run with its teacher is the longer line.
+    assert alone["kd"] > alone["ce"]
+    assert both.seconds == pytest.approx(alone["kd"])
     assert "in 2 worker processes" in str(both)
 
 

@@ -451,7 +451,8 @@ def test_worker_processes_show_how_far_they_are_while_no_run_finishes(tmp_path, 
     failures = sweep._train_in_workers(loaded.experiments, jobs=2, quiet=False)
     printed = capsys.readouterr().out
     assert failures == {}
-    assert "0 of 4 runs finished, 1 training" in printed  # the teacher alone, first
+    # The teacher and the run without one at once; the students of the teacher after it.
+    assert "0 of 4 runs finished, 2 training" in printed
     assert f"finished: {loaded.experiments[-1].path} (" in printed and "4 of 4, " in printed
 
 
