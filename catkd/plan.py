@@ -50,7 +50,7 @@ def estimate(run_configs: Iterable[dict], jobs: int = 1, calibration_steps: int 
     """The plan for resolved configs ``run_configs`` (``catkd.config.resolve``), trained by
     ``jobs`` worker processes as ``catkd.sweep.fit_all`` does: the missing teachers first, then
     the students (with several workers, those that can in lockstep groups, the largest group
-    first), each run or group going to the first worker that is free."""
+    first), each run or group going to the first worker that is free once its teacher is."""
     asked: dict[Path, dict] = {}
     teachers: set[Path] = set()
     for config in run_configs:
