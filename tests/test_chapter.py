@@ -72,6 +72,26 @@ def test_claims_are_counted_and_asserted_with_their_words(tmp_path, capsys):
     assert "did not hold: ce is above catkd" in printed
 
 
+def test_with_another_teacher_claims_are_reported_with_the_reason_not_asserted(tmp_path, capsys):
+    other = chapter.setup("quick", "cpu", str(tmp_path / "runs"), [], teacher="resnet56")
+    assert other.check is False
+    other.found_runs = True
+    other.claim(False, "the bottom 2 classes' student reaches 20%: 12.35%")
+    other.done()
+    printed = capsys.readouterr().out
+    reason = ("not asserted with teacher resnet56: the text's thresholds are those of the "
+              "chapter's own teachers")
+    assert f"does not hold ({reason}): the bottom 2 classes'" in printed
+    assert f"1 claims compared ({reason}): 0 held" in printed
+    # Asked for, they are asserted, and the error names the teacher.
+    asked = chapter.setup("quick", "cpu", str(tmp_path / "runs"), [], teacher="resnet56",
+                          check=True)
+    with pytest.raises(AssertionError, match="at profile quick with teacher resnet56: ce is"):
+        asked.claim(False, "ce is above catkd")
+    assert chapter.setup("smoke", "cpu", "runs", [], teacher="resnet56")._not_asserted() == \
+        "not asserted at profile smoke"
+
+
 def test_done_fails_when_runs_exist_but_no_claim_was_compared(tmp_path, capsys):
     with pytest.raises(AssertionError, match="compared none of its claims"):
         reading(tmp_path, found_runs=True).done()
