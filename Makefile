@@ -22,7 +22,9 @@ BOOK_SWEEPS_quick := configs/quick/sweeps/*.yaml configs/localisation/sweeps/*.y
 # Every chapter gets -p teacher (and -p teacher_checkpoint), the pre-training sweep --teacher, so
 # that it trains the very runs the chapters read. Their run folders are new anyway (named by a
 # hash of the config); the executed notebooks and the built book go to the variant's own folder
-# (copies of the book's pages beside them), so the default book in book/ stays as it was.
+# (copies of the book's pages beside them), so the default book in book/ stays as it was. Its
+# chapters compare their claims and list those that did not hold, without stopping: the text's
+# thresholds were set with the configs' teachers.
 TEACHER ?=
 TEACHER_CHECKPOINT ?=
 ifneq ($(TEACHER_CHECKPOINT),)
