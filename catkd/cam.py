@@ -116,9 +116,10 @@ def convert(model: nn.Module) -> CAMModel:
 
 def feature_layer(model: nn.Module) -> str:
     """The name of the submodule whose output ``model``'s last global average pooling reads:
-    its last feature map (torchvision's ResNets: "layer4"; VGG, MobileNets: "features"), for
+    its last feature map (torchvision's ResNets: "layer4"; MobileNets: "features"), for
     models without ``forward_features``. Found by tracing with torch.fx, whatever the head after
-    the pooling; a TypeError where no module's output is pooled."""
+    the pooling; a TypeError where no module's output is pooled (VGG pools to 7x7, DenseNet
+    pools a ReLU applied after its features)."""
     name = type(model).__name__
     traced = _trace(model, name)
     nodes = list(traced.graph.nodes)

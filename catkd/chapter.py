@@ -110,15 +110,13 @@ class Chapter:
         if holds:
             print(f"holds: {message}")
         elif self.check:
-            raise AssertionError(f"claim does not hold at profile {self.profile}"
-                                 f"{self._with_teacher()}: {message}")
+            teacher = f" with teacher {self.teacher}" if self.teacher else ""
+            raise AssertionError(f"claim does not hold at profile {self.profile}{teacher}: "
+                                 f"{message}")
         else:
             print(f"does not hold ({self._not_asserted()}): {message}")
             self.failed.append(message)
         return holds
-
-    def _with_teacher(self) -> str:
-        return f" with teacher {self.teacher}" if self.teacher else ""
 
     def _not_asserted(self) -> str:
         """Why claims are compared and not asserted: the smoke profile's seconds of training,

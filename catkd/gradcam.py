@@ -39,8 +39,9 @@ class GradCAMModel(nn.Module):
 
     ``layer`` None takes F = ``model.forward_features(x)`` and runs ``model.forward_head`` on it
     (a model without them: the output of the module its last global average pooling reads,
-    ``catkd.cam.feature_layer``, e.g. "layer4" of a torchvision ResNet); a submodule name (e.g. "features" of a torchvision VGG, "stages.2" of a timm ConvNeXt)
-    takes F = that module's output with a forward hook, for any model. F may be (N, T, D) tokens
+    ``catkd.cam.feature_layer``, e.g. "layer4" of a torchvision ResNet); a submodule name
+    (e.g. "features" of a torchvision VGG, "stages.2" of a timm ConvNeXt) takes F = that
+    module's output with a forward hook, for any model. F may be (N, T, D) tokens
     (a ViT): the first ``model.num_prefix_tokens`` (0 if absent) are left out and the rest laid
     out on the patch grid (``tokens_to_map``).
 
