@@ -348,8 +348,8 @@ def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
     forward of their teacher per batch serves them all.
 
     ``run_configs`` (resolved) must agree on everything but their name, method, student and
-    loss settings, with methods that read the teacher through its forward alone (kd, dkd, cat,
-    catkd: ``catkd.config.lockstep_key``). Each run is the one ``fit`` makes of its config, in
+    loss settings, with methods that read the frozen teacher only by calling it (kd, dkd, at,
+    fitnet, rkd, reviewkd, cat and catkd with CAMs: ``catkd.config.lockstep_key``). Each run is the one ``fit`` makes of its config, in
     its own folder: the same initialisation, batches and steps. Finished runs are read; the
     others are claimed (in folder order, so that two processes cannot wait on each other). A
     run whose loss diverges stops there; the others go on, and a RuntimeError names it at the
@@ -359,8 +359,8 @@ def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
     if None in keys or len(keys) > 1:
         raise ValueError("runs train in lockstep when they distil from the same teacher (a zoo "
                          "or timm model) with the same data, seed, recipe and runtime, by "
-                         "methods that read the teacher through its forward alone (kd, dkd, "
-                         "cat, catkd with CAMs)")
+                         "methods that read the frozen teacher only by calling it (kd, dkd, "
+                         "at, fitnet, rkd, reviewkd, cat and catkd with CAMs)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("fit_lockstep trains in one process; under torchrun, fit each run")
     paths = [Path(config["out"]) / configs.run_name(config) for config in run_configs]
@@ -392,26 +392,6 @@ def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
 def _result_line(run: Run) -> str:
     return (f"best {run.summary['best_acc']:.2f}% (epoch {run.summary['best_epoch']}), "
             f"last {run.summary['last_acc']:.2f}%: {run.path}")
-
-
-def _share_teacher_forward(teacher: nn.Module) -> None:
-    """Make ``teacher`` compute its features once per batch: a second call of its
-    ``forward_features`` with the very tensor of the call before returns that call's result.
-
-    The students of a lockstep group get the same batch tensor (``train_epoch``); their methods
-    read the frozen teacher through its forward (its logits: ``forward_head(forward_features)``;
-    its CAMs: ``catkd.cam.convert``, which calls ``forward_features``), so its features, the
-    costly part, are computed for the first student and reused by the others. Set on the
-    instance before the methods are built, so that the converted teacher calls it too."""
-    compute = teacher.forward_features
-    latest: dict[str, torch.Tensor] = {}
-
-    def forward_features(images: torch.Tensor) -> torch.Tensor:
-        if latest.get("images") is not images:
-            latest.update(images=images, features=compute(images))
-        return latest["features"]
-
-    teacher.forward_features = forward_features
 
 
 @dataclass
@@ -452,7 +432,7 @@ def _train(members: list[tuple[dict, Path]], rank: int, world_size: int, quiet: 
     lockstep = len(members) > 1
     if lockstep:  # folded first: folding traces the forward that sharing replaces
         models.fold_batchnorm(teacher)
-        _share_teacher_forward(teacher)
+        methods.share_forward(teacher)
     trainees = [_start(member_config, path, teacher, loaders, shape, device, rank, world_size,
                        fold_teacher=not lockstep, progress=progress)
                 for member_config, path in members]

@@ -112,14 +112,16 @@ def test_lockstep_groups_gather_the_students_that_see_the_same_batches_from_one_
     kd, dkd, catkd = run(), run("method=dkd", "loss={}"), run("method=catkd", "loss={}")
     other_seed, at, ce = run("seed=1"), run("method=at", "loss={}"), run("method=ce",
                                                                        "teacher.model=null")
+    # OFD's teacher normalises with the batch's statistics; CRD's batches carry sample indices.
+    ofd, crd = run("method=ofd", "loss={}"), run("method=crd", "loss={}")
     gradcam = run("method=cat", "loss={}", "loss.teacher_maps=gradcam")
     # A torchvision teacher has no forward_features to share.
     torchvision = [run("teacher.model=torchvision.resnet18", f"method={method}", "loss={}")
                    for method in ("kd", "dkd")]
-    runs = [kd, other_seed, at, dkd, ce, catkd, gradcam]
-    assert config.lockstep_groups(runs) == [[kd, dkd, catkd], [other_seed], [at], [ce],
-                                            [gradcam]]
+    runs = [kd, other_seed, at, dkd, ce, catkd, gradcam, ofd, crd]
+    assert config.lockstep_groups(runs) == [[kd, at, dkd, catkd], [other_seed], [ce], [gradcam],
+                                            [ofd], [crd]]
     assert config.lockstep_groups(torchvision) == [[run] for run in torchvision]
-    # Cut so that every worker gets work: 7 runs, 4 workers, at most 2 runs a group.
-    assert config.lockstep_groups(runs, jobs=4) == [[kd, dkd], [catkd], [other_seed], [at],
-                                                    [ce], [gradcam]]
+    # Cut so that every worker gets work: 9 runs, 4 workers, at most 3 runs a group.
+    assert config.lockstep_groups(runs, jobs=4) == [[kd, at, dkd], [catkd], [other_seed], [ce],
+                                                    [gradcam], [ofd], [crd]]

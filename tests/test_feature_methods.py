@@ -5,6 +5,7 @@ train on every teacher/student pair of the tables at a tiny size; their extra mo
 and resumed.
 """
 
+import copy
 import math
 from pathlib import Path
 
@@ -419,3 +420,30 @@ def test_a_model_given_to_two_methods_keeps_one_set_of_hooks(name):
         if isinstance(recorder, (PooledRecorder, PreReLURecorder, StageRecorder)):
             recorder.remove()
     assert _hooks(student) == _hooks(teacher) == 0
+
+
+def test_methods_of_a_shared_teacher_read_one_forward_per_batch():
+    """On a teacher shared by students of one batch (lockstep), every method keeps its own
+    recorders, and all of them read what the one forward of the teacher's features recorded:
+    the losses are those of the same methods on their own teachers."""
+    torch.manual_seed(0)
+    names = ["at", "fitnet", "rkd", "reviewkd", "kd"]
+    teacher = models.create("resnet20").eval()
+    students = {name: models.create("resnet8") for name in names}
+    alone = {name: methods.create(name, students[name], copy.deepcopy(teacher)) for name in names}
+    shared_teacher = copy.deepcopy(teacher)
+    methods.share_forward(shared_teacher)
+    shared = {name: methods.create(name, copy.deepcopy(students[name]), shared_teacher)
+              for name in names}
+    for name in names:  # the same connectors (FitNet's regressor, ReviewKD's fusions)
+        shared[name].load_extra_state_dict(alone[name].extra_state_dict())
+    first_convs = []
+    shared_teacher.conv1.register_forward_pre_hook(lambda module, inputs: first_convs.append(1))
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for name in names:
+        _, expected = alone[name](images, labels, 0)
+        _, losses = shared[name](images, labels, 0)
+        assert losses.keys() == expected.keys()
+        for term in losses:
+            torch.testing.assert_close(losses[term], expected[term], msg=f"{name} {term}")
+    assert len(first_convs) == 1

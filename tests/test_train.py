@@ -258,11 +258,13 @@ def test_attention_trains_by_its_math_kernel_under_bf16_on_a_cpu():
 
 
 def _lockstep_group(out, *overrides):
-    """Configs of kd, catkd and cat students of one resnet14 teacher on digits (one epoch)."""
+    """Configs of kd, catkd, cat, at, fitnet, rkd and reviewkd students of one resnet14 teacher
+    on digits (one epoch)."""
     shared = ["teacher.model=resnet14", "optim.epochs=1", *overrides]
     return [configs.resolve(None, tiny(out, *shared, *settings)) for settings in (
         ["method=kd"], ["method=catkd", "loss.normalize=l2"],
-        ["method=cat", "loss.normalize=l2", "loss.beta=200"])]
+        ["method=cat", "loss.normalize=l2", "loss.beta=200"], ["method=at"], ["method=fitnet"],
+        ["method=rkd"], ["method=reviewkd"])]
 
 
 @pytest.mark.slow
@@ -286,9 +288,11 @@ def test_runs_in_lockstep_are_the_runs_fit_makes_with_one_teacher_forward_per_ba
         trained, reference = run_together.model().state_dict(), run_alone.model().state_dict()
         assert all(torch.equal(trained[key], reference[key]) for key in reference)
     steps = len(data.loaders(together[0].config).train)
-    # The teacher's features once per batch (its first convolution); its head once per batch,
-    # for kd (the CAM students use its classifier's weights, not the module).
-    assert forwards.count(0) == steps and forwards.count(1) == steps
+    # The teacher's features once per batch (its first convolution); its head, which is cheap,
+    # once per batch for each student that calls the whole teacher (kd and the four feature
+    # methods; the CAM students use its classifier's weights, not the module). Besides, FitNet
+    # and ReviewKD size their connectors on one forward of a probe each.
+    assert forwards.count(0) == steps + 2 and forwards.count(1) == 5 * steps + 2
     # Finished runs are read, not retrained.
     monkeypatch.setattr(methods, "create", lambda *args, **kwargs: pytest.fail("retrained"))
     assert train.fit_lockstep(_lockstep_group(tmp_path / "b"), quiet=True) == together
@@ -300,14 +304,14 @@ def test_lockstep_refuses_runs_that_do_not_see_the_same_batches(tmp_path):
                        match=r"same teacher \(a zoo or timm model\) with the same data, seed"):
         train.fit_lockstep([group[0], configs.resolve(None, tiny(
             tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=kd", "seed=1"))])
-    with pytest.raises(ValueError, match="read the teacher through its forward alone"):
+    with pytest.raises(ValueError, match="read the frozen teacher only by calling it"):
         train.fit_lockstep([group[0], configs.resolve(None, tiny(
-            tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=at"))])
+            tmp_path, "teacher.model=resnet14", "optim.epochs=1", "method=ofd"))])
 
 
 @pytest.mark.slow
 def test_a_run_that_diverges_in_lockstep_stops_alone(tmp_path):
-    kd, catkd, _ = _lockstep_group(tmp_path)
+    kd, catkd, *_ = _lockstep_group(tmp_path)
     diverging = configs.resolve(catkd, ["loss.beta=1.0e+39"])
     with pytest.raises(RuntimeError,
                        match=r"catkd_resnet14-resnet8\S*: the loss term loss_\w+ became"):

@@ -20,7 +20,7 @@ from torch import nn
 
 from catkd import models
 from catkd.methods.at import AT
-from catkd.methods.base import Method
+from catkd.methods.base import Method, share_forward
 from catkd.methods.cat import CAT, CATKD
 from catkd.methods.ce import CE
 from catkd.methods.crd import CRD
@@ -33,7 +33,7 @@ from catkd.methods.rkd import RKD
 
 __all__ = ["AT", "CAT", "CATKD", "CE", "CRD", "DKD", "FitNet", "KD", "Method", "OFD", "RKD",
            "ReviewKD", "check_settings", "create", "names", "needs_sample_indices",
-           "needs_teacher", "revision", "settings", "shares_teacher_forward"]
+           "needs_teacher", "revision", "settings", "share_forward", "shares_teacher_forward"]
 
 _METHODS: dict[str, type[Method]] = {
     "ce": CE, "kd": KD, "dkd": DKD, "at": AT, "cat": CAT, "catkd": CATKD,
@@ -92,8 +92,9 @@ def needs_sample_indices(name: str) -> bool:
 
 
 def shares_teacher_forward(name: str, settings: dict[str, Any]) -> bool:
-    """Whether method ``name`` with ``settings`` reads the teacher through its forward alone
-    (kd, dkd, cat and catkd with CAMs), so that students of one batch can share it."""
+    """Whether method ``name`` with ``settings`` reads the frozen teacher only by calling it on
+    the batch (kd, dkd, at, fitnet, rkd, reviewkd, and cat and catkd with CAMs), so that
+    students of one batch can share its forward (``share_forward``)."""
     return _method_class(name).shares_teacher_forward(settings)
 
 

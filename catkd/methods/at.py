@@ -18,6 +18,7 @@ class AT(Method):
     """
 
     ranges = {"ce_weight": NON_NEGATIVE, "at_weight": NON_NEGATIVE, "p": POSITIVE}
+    reads_teacher_forward = True  # its stage maps are recorded during the call
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  at_weight: float = 1000.0, p: float = 2) -> None:

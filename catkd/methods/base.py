@@ -53,9 +53,10 @@ class Method(nn.Module):
     # True where the step puts the teacher in training mode, so that its BatchNorms use the
     # batch's statistics (and can therefore not be folded into its convolutions).
     teacher_batchnorm_trains: ClassVar[bool] = False
-    # True where the step reads the teacher through its forward alone (its logits, or its CAMs
-    # by ``catkd.cam.convert``), without hooks or gradients: students that see the same batch
-    # can then share one teacher forward (``catkd.train.fit_lockstep``).
+    # True where the step reads the frozen teacher only by calling it on the batch (its logits,
+    # its CAMs by ``catkd.cam.convert``, or the maps the recorders below keep during the call),
+    # without gradients: students that see the same batch can then share one teacher forward
+    # (``share_forward``, ``catkd.train.fit_lockstep``).
     reads_teacher_forward: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
@@ -76,7 +77,7 @@ class Method(nn.Module):
 
     @classmethod
     def shares_teacher_forward(cls, settings: dict[str, Any]) -> bool:
-        """Whether this method, with ``settings``, reads the teacher through its forward alone."""
+        """Whether this method, with ``settings``, reads the frozen teacher only by calling it."""
         return cls.reads_teacher_forward
 
     def train(self, mode: bool = True) -> Method:
@@ -122,7 +123,32 @@ class Method(nn.Module):
 
 # The recorder of each kind that taps a model: a newer one replaces it, so that a model given
 # to a second method does not go on feeding the first method's hooks (and holding its tensors).
+# A teacher that several methods read at once (``share_forward``) keeps all their recorders.
 _TAPS: weakref.WeakKeyDictionary[nn.Module, dict[type, _Recorder]] = weakref.WeakKeyDictionary()
+_SHARED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def share_forward(teacher: nn.Module) -> None:
+    """Let several methods read the frozen ``teacher`` with one forward of its features per
+    batch: a second call of its ``forward_features`` with the very tensor of the call before
+    returns that call's result, and the recorders of every method on it stay (each method's
+    keep what the one real forward of the batch recorded, until that method pops them).
+
+    For students that train in lockstep on the same batch tensor (``catkd.train``), by methods
+    that ``reads_teacher_forward``: their logits (``forward_head(forward_features)``), CAMs
+    (``catkd.cam.convert`` calls ``forward_features``) and recorded maps come from the first
+    student's call. Set before the methods are built, so that a converted teacher calls it too.
+    """
+    compute = teacher.forward_features
+    latest: dict[str, torch.Tensor] = {}
+
+    def forward_features(images: torch.Tensor) -> torch.Tensor:
+        if latest.get("images") is not images:
+            latest.update(images=images, features=compute(images))
+        return latest["features"]
+
+    teacher.forward_features = forward_features
+    _SHARED.add(teacher)
 
 
 class _Recorder:
@@ -135,6 +161,8 @@ class _Recorder:
         self.names = names
         self._values: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
+        if model in _SHARED:
+            return
         taps = _TAPS.setdefault(model, {})
         if type(self) in taps:
             taps[type(self)].remove()

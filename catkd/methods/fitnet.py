@@ -52,6 +52,7 @@ class FitNet(Method):
 
     ranges = {"ce_weight": NON_NEGATIVE, "hint_weight": NON_NEGATIVE,
               "hint_stage": (lambda value: value >= 0, "a stage index from 0")}
+    reads_teacher_forward = True  # its stage maps are recorded during the call
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  hint_weight: float = 100.0, hint_stage: int = 1) -> None:

@@ -71,6 +71,7 @@ class ReviewKD(Method):
 
     ranges = {"ce_weight": NON_NEGATIVE, "review_weight": NON_NEGATIVE,
               "warmup_epochs": AT_LEAST_ONE, "max_mid_channels": AT_LEAST_ONE}
+    reads_teacher_forward = True  # its stage maps are recorded during the call
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  review_weight: float = 1.0, warmup_epochs: int = 20,

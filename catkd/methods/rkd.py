@@ -20,6 +20,7 @@ class RKD(Method):
 
     ranges = {"ce_weight": NON_NEGATIVE, "distance_weight": NON_NEGATIVE,
               "angle_weight": NON_NEGATIVE}
+    reads_teacher_forward = True  # its pooled features are recorded during the call
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, ce_weight: float = 1.0,
                  distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
