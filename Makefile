@@ -18,6 +18,20 @@ BOOK_NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # missing and their time here), in one worker process per CPU core; the chapters then find them
 # finished. Other profiles train inside their chapters (the paper profile's runs are jobs).
 BOOK_SWEEPS_quick := configs/quick/sweeps/*.yaml configs/localisation/sweeps/*.yaml
+# The chapters then execute: the one that times training steps (5) alone, so that its timings
+# are those of a quiet machine, then the others BOOK_JOBS at a time, each kernel with its share
+# of the cores as threads (a chapter's work, reading runs and data, CAMs of a few models and
+# figures, keeps one core busy, not all). make fails if any chapter fails.
+BOOK_JOBS ?= 2
+BOOK_THREADS := $(shell n=$$(( $$(nproc) / $(BOOK_JOBS) )); echo $$(( n > 0 ? n : 1 )))
+BOOK_TIMED := $(filter %_efficiency.ipynb,$(BOOK_NOTEBOOKS))
+# papermill for the chapter {} (xargs puts it there): the profile's parameters, then the
+# chapter's own, then the teacher of a variant.
+EXECUTE_CHAPTER = sh -c 'notebook={}; \
+	own=notebooks/profiles/$(BOOK_PROFILE)/$$(basename $$notebook .ipynb).yaml; \
+	exec $(VENV)/bin/papermill --no-progress-bar -f notebooks/profiles/$(BOOK_PROFILE).yaml \
+		$$([ -f $$own ] && echo "-f $$own") $(PAPERMILL_TEACHER) \
+		$$notebook $(BOOK_DIR)/notebooks/$$(basename $$notebook)'
 # The whole book with another teacher: make book TEACHER=resnet56 [TEACHER_CHECKPOINT=file].
 # Every chapter gets -p teacher (and -p teacher_checkpoint), the pre-training sweep --teacher, so
 # that it trains the very runs the chapters read. Their run folders are new anyway (named by a
@@ -72,12 +86,9 @@ book: $(VENV)/installed
 	$(if $(VARIANT),$(VARIANT_CONFIG))
 	$(if $(BOOK_SWEEPS_$(BOOK_PROFILE)),$(RUN) -m catkd sweep $(BOOK_SWEEPS_$(BOOK_PROFILE)) \
 		--jobs auto $(SWEEP_TEACHER))
-	set -e; for notebook in $(BOOK_NOTEBOOKS); do \
-		own=notebooks/profiles/$(BOOK_PROFILE)/$$(basename $$notebook .ipynb).yaml; \
-		$(VENV)/bin/papermill --no-progress-bar -f notebooks/profiles/$(BOOK_PROFILE).yaml \
-			$$([ -f $$own ] && echo "-f $$own") $(PAPERMILL_TEACHER) \
-			$$notebook $(BOOK_DIR)/notebooks/$$(basename $$notebook); \
-	done
+	printf '%s\n' $(BOOK_TIMED) | xargs -I {} $(EXECUTE_CHAPTER)
+	printf '%s\n' $(filter-out $(BOOK_TIMED),$(BOOK_NOTEBOOKS)) | \
+		OMP_NUM_THREADS=$(BOOK_THREADS) xargs -P $(BOOK_JOBS) -I {} $(EXECUTE_CHAPTER)
 	$(VENV)/bin/jupyter-book build $(BOOK_DIR)
 
 # ghp-import builds on the fetched <remote>/gh-pages where there is one: fetched first, so that a
