@@ -132,7 +132,7 @@ def share_forward(teacher: nn.Module) -> None:
     """Let several methods read the frozen ``teacher`` with one forward of its features per
     batch: a second call of its ``forward_features`` with the very tensor of the call before
     returns that call's result, and the recorders of every method on it stay (each method's
-    keep what the one real forward of the batch recorded, until that method pops them).
+    recorders keep what the batch's one real forward recorded, until that method pops them).
 
     For students that train in lockstep on the same batch tensor (``catkd.train``), by methods
     that ``reads_teacher_forward``: their logits (``forward_head(forward_features)``), CAMs

@@ -67,6 +67,8 @@ class CRD(Method):
               "negatives": AT_LEAST_ONE, "temperature": POSITIVE,
               "momentum": (lambda value: 0 <= value <= 1, "in [0, 1]")}
 
+    # It reads the teacher by calling it too, but does not train in lockstep (reads_teacher_forward
+    # stays False): its batches carry sample indices, which the other students' steps do not take.
     needs_sample_indices = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, train_labels: torch.Tensor, *,
