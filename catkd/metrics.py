@@ -16,7 +16,7 @@ Agreement, without masks: ``correlation`` is the Pearson correlation of two mode
 normalisation; maps of different native sizes are compared after average-pooling the larger to
 the smaller (as CAT pools the CAMs it transfers).
 
-``localisation(model, dataset)`` and ``agreement(student, teacher, dataset)`` compute the means
+``localisation(model, dataset)`` and ``agreement(students, teacher, dataset)`` compute the means
 over a dataset for trained models. ``map_agreement`` measures, as CAT sees them, how far
 gradient maps (``catkd.gradcam``) are from a model's exact CAMs.
 """
@@ -206,21 +206,24 @@ def localisation(model: nn.Module, dataset: data.ImageDataset, device: str | tor
     return {name: total / len(dataset) for name, total in totals.items()}
 
 
-def agreement(student: nn.Module, teacher: nn.Module, dataset: data.ImageDataset,
-              device: str | torch.device = "cpu", batch_size: int = 500) -> dict[str, float]:
-    """Mean Pearson correlation of a student's CAMs with its teacher's on ``dataset``.
+def agreement(students: list[nn.Module], teacher: nn.Module, dataset: data.ImageDataset,
+              device: str | torch.device = "cpu", batch_size: int = 500) -> list[dict[str, float]]:
+    """Mean Pearson correlation of each student's CAMs with its teacher's on ``dataset``.
 
-    Returns {"true_class": mean over images of the true class's maps, "all_classes": mean over
-    every (image, class)}. CAMs of different sizes are compared after pooling the larger to the
-    smaller. Both models are moved to ``device``; no masks needed.
+    Returns, for each of ``students`` in order, {"true_class": mean over images of the true
+    class's maps, "all_classes": mean over every (image, class)}. The teacher's CAMs are computed
+    once per batch for all of them. CAMs of different sizes are compared after pooling the larger
+    to the smaller. The models are moved to ``device``; no masks needed.
     """
-    true, every, count = 0.0, 0.0, 0
-    for labels, [(_, student_cams), (_, teacher_cams)] in _batches([student, teacher], dataset,
-                                                                   device, batch_size):
-        true += correlation(student_cams, teacher_cams, labels).sum().item()
-        every += correlation(student_cams, teacher_cams).mean(dim=1).sum().item()
+    true, every, count = [0.0] * len(students), [0.0] * len(students), 0
+    for labels, outputs in _batches([*students, teacher], dataset, device, batch_size):
+        *student_outputs, (_, teacher_cams) = outputs
+        for number, (_, student_cams) in enumerate(student_outputs):
+            true[number] += correlation(student_cams, teacher_cams, labels).sum().item()
+            every[number] += correlation(student_cams, teacher_cams).mean(dim=1).sum().item()
         count += len(labels)
-    return {"true_class": true / count, "all_classes": every / count}
+    return [{"true_class": true_sum / count, "all_classes": every_sum / count}
+            for true_sum, every_sum in zip(true, every)]
 
 
 def map_agreement(maps: torch.Tensor, cams: torch.Tensor, resolution: int = 2,

@@ -155,10 +155,12 @@ def test_localisation_and_agreement_on_a_model():
     assert scores["pointing"] == pytest.approx(
         pointing_game(cams, dataset.masks, labels).float().mean().item())
 
-    same = metrics.agreement(model, model, dataset, batch_size=16)
-    assert same == pytest.approx({"true_class": 1.0, "all_classes": 1.0}, abs=1e-5)
     other = models.create("resnet20", num_classes=10)  # 8x8 CAMs too, another network
-    assert metrics.agreement(model, other, dataset)["all_classes"] < 0.99
+    same, apart = metrics.agreement([model, other], model, dataset, batch_size=16)
+    assert same == pytest.approx({"true_class": 1.0, "all_classes": 1.0}, abs=1e-5)
+    assert apart["all_classes"] < 0.99
+    # Each student's agreement is the one it has alone with the teacher.
+    assert metrics.agreement([other], model, dataset) == [pytest.approx(apart)]
 
 
 def test_localisation_needs_masks():
