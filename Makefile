@@ -23,6 +23,9 @@ BOOK_SWEEPS_quick := configs/quick/sweeps/*.yaml configs/localisation/sweeps/*.y
 # of the cores as threads (a chapter's work, reading runs and data, CAMs of a few models and
 # figures, keeps one core busy, not all). make fails if any chapter fails.
 BOOK_JOBS ?= 2
+ifeq ($(shell echo '$(BOOK_JOBS)' | grep -xE '[1-9][0-9]*'),)
+$(error BOOK_JOBS is the number of chapters executed at a time, a positive integer; got '$(BOOK_JOBS)')
+endif
 BOOK_THREADS := $(shell n=$$(( $$(nproc) / $(BOOK_JOBS) )); echo $$(( n > 0 ? n : 1 )))
 BOOK_TIMED := $(filter %_efficiency.ipynb,$(BOOK_NOTEBOOKS))
 # papermill for the chapter {} (xargs puts it there): the profile's parameters, then the

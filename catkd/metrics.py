@@ -215,6 +215,9 @@ def agreement(students: list[nn.Module], teacher: nn.Module, dataset: data.Image
     once per batch for all of them. CAMs of different sizes are compared after pooling the larger
     to the smaller. The models are moved to ``device``; no masks needed.
     """
+    if isinstance(students, nn.Module):
+        raise TypeError(f"agreement takes a list of students, got one model "
+                        f"({type(students).__name__}): pass [model]")
     true, every, count = [0.0] * len(students), [0.0] * len(students), 0
     for labels, outputs in _batches([*students, teacher], dataset, device, batch_size):
         *student_outputs, (_, teacher_cams) = outputs

@@ -349,8 +349,9 @@ def fit_lockstep(run_configs: Sequence[dict], quiet: bool = False) -> list[Run]:
 
     ``run_configs`` (resolved) must agree on everything but their name, method, student and
     loss settings, with methods that read the frozen teacher only by calling it (kd, dkd, at,
-    fitnet, rkd, reviewkd, cat and catkd with CAMs: ``catkd.config.lockstep_key``). Each run is the one ``fit`` makes of its config, in
-    its own folder: the same initialisation, batches and steps. Finished runs are read; the
+    fitnet, rkd, reviewkd, cat and catkd with CAMs: ``catkd.config.lockstep_key``). Each run is
+    the one ``fit`` makes of its config, in its own folder: the same initialisation, batches and
+    steps. Finished runs are read; the
     others are claimed (in folder order, so that two processes cannot wait on each other). A
     run whose loss diverges stops there; the others go on, and a RuntimeError names it at the
     end. One process only: under torchrun, ``fit`` each run. Returns the runs in their order.

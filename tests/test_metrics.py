@@ -161,6 +161,8 @@ def test_localisation_and_agreement_on_a_model():
     assert apart["all_classes"] < 0.99
     # Each student's agreement is the one it has alone with the teacher.
     assert metrics.agreement([other], model, dataset) == [pytest.approx(apart)]
+    with pytest.raises(TypeError, match="a list of students, got one model"):
+        metrics.agreement(other, model, dataset)
 
 
 def test_localisation_needs_masks():
