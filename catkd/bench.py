@@ -258,28 +258,15 @@ def step_times(names: Sequence[str], student: str, teacher: str, device: str | t
     of the given shape (or ``dataset``'s), with the device's peak ("peak_gflops") measured in
     the same rounds. ``settings`` gives a method other settings than its defaults, e.g. a run's
     ``config["loss"]``."""
+    step_methods, loaders, timers, bf16 = _contestants(
+        names, student, teacher, device, steps + warmup, batch_size, num_classes, in_channels,
+        image_size, compile_step, dataset, settings)
     device = devices.resolve(device)
-    path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
-    bf16, channels_last = path["bf16"], path["channels_last"]
-    if dataset is None:
-        dataset = cifar_shaped(batch_size * (warmup + steps + 1), num_classes,
-                               in_channels=in_channels, image_size=image_size)
-    loaders = {indices: data.BatchLoader(dataset, batch_size, train=True, device=device,
-                                         channels_last=channels_last, sample_indices=indices)
-               for indices in (False, True)}
-    step_methods = {name: _method(name, student, teacher, device, channels_last, dataset,
-                                  (settings or {}).get(name, {}))
-                    for name in names}
     flops = {name: _step_flops(step_method, loaders[step_method.needs_sample_indices], device,
                                bf16)
              for name, step_method in step_methods.items()}
     matmuls, matmul_flops = _matmul_timer(device, bf16)
-    step_seconds = _interleaved({
-        **{name: _timer(step_method, loaders[step_method.needs_sample_indices], device, bf16,
-                        channels_last, compile_step)
-           for name, step_method in step_methods.items()},
-        PEAK: matmuls,
-    }, warmup, steps, rounds)
+    step_seconds = _interleaved({**timers, PEAK: matmuls}, warmup, steps, rounds)
     peak_seconds = step_seconds.pop(PEAK)
     return {"peak_gflops": matmul_flops / peak_seconds / 1e9,
             "step_ms": {name: 1000 * seconds for name, seconds in step_seconds.items()},
@@ -287,6 +274,44 @@ def step_times(names: Sequence[str], student: str, teacher: str, device: str | t
                             for name, seconds in step_seconds.items()},
             "extra_parameters": {name: step_method.extra_parameter_count()
                                  for name, step_method in step_methods.items()}}
+
+
+def step_ms(names: Sequence[str], student: str, teacher: str, device: str | torch.device,
+            steps: int = 20, warmup: int = 5, rounds: int = 3, batch_size: int = 64,
+            num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+            settings: dict[str, dict] | None = None) -> dict[str, float]:
+    """{method: median milliseconds per step} of ``step_times`` alone, without the arithmetic
+    count and the peak, which cost more than the steps of a small model (``catkd.plan``'s
+    calibration times a few steps of many)."""
+    _, _, timers, _ = _contestants(names, student, teacher, device, steps + warmup, batch_size,
+                                   num_classes, in_channels, image_size, False, None, settings)
+    return {name: 1000 * seconds
+            for name, seconds in _interleaved(timers, warmup, steps, rounds).items()}
+
+
+def _contestants(names: Sequence[str], student: str, teacher: str, device: str | torch.device,
+                 steps: int, batch_size: int, num_classes: int, in_channels: int,
+                 image_size: int, compile_step: bool | str, dataset: data.ImageDataset | None,
+                 settings: dict[str, dict] | None) -> tuple[dict, dict, dict, bool]:
+    """The methods of ``names`` on the fast path, the loaders they read (by whether they take
+    sample indices), their timers (``_timer``) and whether the path is bf16; random images of
+    the given shape for ``steps`` and one more batch unless ``dataset`` is given."""
+    device = devices.resolve(device)
+    path = devices.settle({"device": device, "bf16": "auto", "channels_last": "auto"})
+    bf16, channels_last = path["bf16"], path["channels_last"]
+    if dataset is None:
+        dataset = cifar_shaped(batch_size * (steps + 1), num_classes, in_channels=in_channels,
+                               image_size=image_size)
+    loaders = {indices: data.BatchLoader(dataset, batch_size, train=True, device=device,
+                                         channels_last=channels_last, sample_indices=indices)
+               for indices in (False, True)}
+    step_methods = {name: _method(name, student, teacher, device, channels_last, dataset,
+                                  (settings or {}).get(name, {}))
+                    for name in names}
+    timers = {name: _timer(step_method, loaders[step_method.needs_sample_indices], device, bf16,
+                           channels_last, compile_step)
+              for name, step_method in step_methods.items()}
+    return step_methods, loaders, timers, bf16
 
 
 def epoch_time(method: str, student: str, teacher: str, device: str | torch.device,

@@ -2,7 +2,7 @@
 
 ``estimate(configs)`` finds which of the runs (and the teachers they train first) have no
 finished run folder, times a few training steps of each distinct method and pair of models on
-this machine (``catkd.bench.step_times``, on random images of the dataset's shape, with the
+this machine (``catkd.bench.step_ms``, on random images of the dataset's shape, with the
 threads the run will have), and multiplies by each run's steps. An epoch's evaluation is counted
 as a forward pass of the student over the test set, a third of the student's cross-entropy step
 per image (a backward pass costs about two forwards). With ``jobs`` worker processes the runs
@@ -171,10 +171,10 @@ class _Calibration:
         key = (method, config["student"], teacher, *shape.values(), str(device), threads)
         if key not in self.step_seconds:
             with devices.threads(threads):  # the run's own thread count
-                timing = bench.step_times([method], config["student"], teacher, device,
-                                          steps=self.steps, warmup=1, rounds=3,
-                                          settings={method: loss}, **shape)
-            self.step_seconds[key] = timing["step_ms"][method] / 1000
+                milliseconds = bench.step_ms([method], config["student"], teacher, device,
+                                             steps=self.steps, warmup=1, rounds=3,
+                                             settings={method: loss}, **shape)
+            self.step_seconds[key] = milliseconds[method] / 1000
             self.device_name = devices.name(device)
         return self.step_seconds[key]
 

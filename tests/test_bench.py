@@ -94,3 +94,22 @@ def test_a_transformer_teacher_s_arithmetic_is_counted_in_float32_and_bf16(bf16)
     # kd's step is ce's plus the teacher's forward (and a few element-wise ops, not counted).
     assert flops["kd"] - flops["ce"] == counter.get_total_flops() > 0
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_the_plan_s_step_times_time_the_steps_alone(monkeypatch):
+    """``step_ms`` (the plan's calibration) times each method's step on random images of the
+    asked shape, and neither counts the arithmetic nor measures the peak (the large matrix
+    products took a third of the quick book's calibration)."""
+    def refused(*args, **kwargs):
+        raise AssertionError("step_ms counted flops or timed the peak")
+
+    monkeypatch.setattr(bench, "_step_flops", refused)
+    monkeypatch.setattr(bench, "_matmul_timer", refused)
+    shapes = []
+    monkeypatch.setattr(bench, "_timer", lambda method, loader, *args: (
+        shapes.append(next(iter(loader))[0].shape) or (lambda num_steps: 0.002 * num_steps)))
+    milliseconds = bench.step_ms(["ce", "kd"], "resnet8", "resnet20", "cpu", steps=2, warmup=1,
+                                 rounds=1, batch_size=4, num_classes=10, in_channels=1,
+                                 image_size=28)
+    assert milliseconds == pytest.approx({"ce": 2.0, "kd": 2.0})
+    assert shapes == [(4, 1, 28, 28)] * 2

@@ -21,11 +21,11 @@ def test_the_estimate_is_each_missing_run_s_steps_times_its_measured_step(tmp_pa
     measured = {"ce": 0.010, "kd": 0.025}  # seconds per step, as if timed here
     calls = []
 
-    def step_times(names, student, teacher, device, **kwargs):
+    def step_ms(names, student, teacher, device, **kwargs):
         calls.append((names[0], student, teacher))
-        return {"step_ms": {names[0]: 1000 * measured[names[0]]}}
+        return {names[0]: 1000 * measured[names[0]]}
 
-    monkeypatch.setattr(bench, "step_times", step_times)
+    monkeypatch.setattr(bench, "step_ms", step_ms)
     ce_run, kd_run = configs(tmp_path)
     estimate = plan.estimate([ce_run, kd_run])
     # digits: 1437 training images (44 steps of 32), 360 test images (12 batches of 32).
@@ -45,8 +45,8 @@ def test_the_estimate_is_each_missing_run_s_steps_times_its_measured_step(tmp_pa
 
 def test_finished_runs_leave_the_plan_and_interrupted_ones_count_what_is_left(tmp_path,
                                                                               monkeypatch):
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
-                        {"step_ms": {names[0]: 10.0}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs:
+                        {names[0]: 10.0})
     ce_run, kd_run = configs(tmp_path)
     full = plan.estimate([ce_run]).seconds
     train.fit(ce_run, quiet=True)
@@ -85,8 +85,8 @@ def test_worker_processes_take_the_teachers_first_then_each_student_once_its_tea
 def test_an_estimate_for_two_workers_trains_each_student_after_its_teacher(tmp_path,
                                                                            monkeypatch):
     measured = {"ce": 0.010, "kd": 0.025}
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
-                        {"step_ms": {names[0]: 1000 * measured[names[0]]}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs:
+                        {names[0]: 1000 * measured[names[0]]})
     ce_run, kd_run = configs(tmp_path)
     alone = {name: plan.estimate([run]).seconds for name, run in (("ce", ce_run), ("kd", kd_run))}
     both = plan.estimate([ce_run, kd_run], jobs=2)
@@ -99,8 +99,8 @@ def test_an_estimate_for_two_workers_trains_each_student_after_its_teacher(tmp_p
 
 def test_the_calibration_times_a_step_with_the_run_s_own_threads(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs: seen.append(
-        torch.get_num_threads()) or {"step_ms": {names[0]: 1.0}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs: seen.append(
+        torch.get_num_threads()) or {names[0]: 1.0})
     before = torch.get_num_threads()
     plan.estimate([config.resolve(None, tiny(tmp_path, "runtime.threads=1"))])
     assert seen and set(seen) == {1} and torch.get_num_threads() == before
@@ -109,8 +109,8 @@ def test_the_calibration_times_a_step_with_the_run_s_own_threads(tmp_path, monke
 def test_runs_in_lockstep_share_one_teacher_forward_per_batch_in_the_estimate(tmp_path,
                                                                               monkeypatch):
     measured = {"ce": 0.010, "kd": 0.025, "catkd": 0.030}  # teacher forward: 0.015 (kd - ce)
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
-                        {"step_ms": {names[0]: 1000 * measured[names[0]]}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs:
+                        {names[0]: 1000 * measured[names[0]]})
     kd_run = configs(tmp_path)[1]
     catkd_run = config.resolve(kd_run, ["method=catkd", "loss={}"])
     apart = plan.estimate([kd_run, catkd_run], jobs=1).seconds

@@ -457,8 +457,8 @@ def test_worker_processes_show_how_far_they_are_while_no_run_finishes(tmp_path, 
 
 
 def test_sweep_plan_prints_the_plan_and_trains_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
-                        {"step_ms": {names[0]: 10.0}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs:
+                        {names[0]: 10.0})
     path = write_sweep(tmp_path, TINY_SWEEP)
     out = tmp_path / "runs"
     assert main(["sweep", str(path), "--plan", "--jobs", "2", f"out={out}"]) == 0
@@ -483,8 +483,8 @@ def test_sweep_with_a_teacher_that_some_methods_cannot_use_leaves_their_runs_out
         tmp_path, monkeypatch, capsys):
     """As a chapter does (make book TEACHER=... runs this sweep first): AT pairs stages that a
     torchvision model does not declare, so its run is left out with the reason; kd stays."""
-    monkeypatch.setattr(bench, "step_times", lambda names, *args, **kwargs:
-                        {"step_ms": {names[0]: 10.0}})
+    monkeypatch.setattr(bench, "step_ms", lambda names, *args, **kwargs:
+                        {names[0]: 10.0})
     path = write_sweep(tmp_path, TINY_SWEEP.replace("QUICK/catkd.yaml", "QUICK/at.yaml"))
     assert main(["sweep", str(path), "--plan", "--teacher", "torchvision.shufflenet_v2_x0_5",
                  f"out={tmp_path / 'runs'}"]) == 0
