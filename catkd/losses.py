@@ -253,10 +253,14 @@ def at_loss(
                 f"stage {stage}: student and teacher batch sizes differ, got shapes "
                 f"{tuple(student.shape)} and {tuple(teacher.shape)}"
             )
-        # Pool both to the smaller height and the smaller width (a no-op on the smaller map).
+        # Pool both to the smaller height and the smaller width. A map of that size already is
+        # left as it is: pooling it would change nothing but costs a pass (and one more in the
+        # backward) over the largest maps.
         common_size = tuple(map(min, student.shape[2:], teacher.shape[2:]))
-        student = F.adaptive_avg_pool2d(_at_least_float32(student), common_size)
-        teacher = F.adaptive_avg_pool2d(_at_least_float32(teacher.detach()), common_size)
+        student, teacher = (
+            F.adaptive_avg_pool2d(features, common_size)
+            if tuple(features.shape[2:]) != common_size else features
+            for features in (_at_least_float32(student), _at_least_float32(teacher.detach())))
         total = total + (_attention_map(student, p) - _attention_map(teacher, p)).pow(2).mean()
     return total
 
