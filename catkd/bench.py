@@ -20,7 +20,8 @@ feature-based fitnet, rkd, ofd, crd, reviewkd, each with its default settings; o
 fast path, so that the cost of the CAT term can be read off beside the others', and each
 method's extra trainable parameters (connectors, embeddings) are counted. Everything runs in
 one process: compare the ratios, which a shared machine disturbs much less than the absolute
-numbers.
+numbers. On a CPU that process keeps the memory its steps free, as a training run does
+(``catkd.device.keep_freed_memory``), for every contestant alike.
 
 Each step's floating-point operations (forward and backward, counted once with torch's
 ``FlopCounterMode``) give its achieved GFLOP/s, printed beside the peak measured on the same
@@ -107,6 +108,8 @@ def _method(name: str, student: str, teacher: str, device: torch.device,
 def _timer(method: methods.Method, loader, device: torch.device, bf16: bool,
            channels_last: bool, compile_step: bool | str) -> Callable[[int], float]:
     """A function that trains ``method`` for n batches of ``loader`` and returns the seconds."""
+    if device.type == "cpu":  # as catkd.train trains (for every contestant: it is process-wide)
+        devices.keep_freed_memory()
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                                 momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10**9])

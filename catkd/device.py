@@ -10,6 +10,8 @@ AVX2-only kernels; README, "Performance") and is the layout of cuDNN's fast conv
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import platform
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +19,9 @@ from typing import Iterator
 import torch
 
 AUTO = "auto"
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64 bits.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
 # The CPU flags that decide the precision, as /proc/cpuinfo spells them.
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -115,3 +120,25 @@ def threads(count: int | str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a CPU training step frees, for the next step.
+
+    Each step frees its activations and allocates them again. With glibc's defaults, blocks of
+    a few MiB go back to the kernel and come back as fresh pages, each zeroed on its first
+    touch: on the AVX2 path 0.8 s of kernel time in 60 resnet20 -> resnet8 kd steps, and those
+    steps 10-15% slower than with the memory kept (README, "Performance"). Blocks up to 32 MiB
+    (the most glibc allows) are then served from the heap, and the heap is not trimmed: the
+    process keeps its peak memory, which every step reaches anyway. Process-wide; returns
+    whether glibc took both settings (False, and nothing changed, elsewhere)."""
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):  # not a Unix, or a libc that is not glibc
+        glibc = None
+    if not glibc:
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

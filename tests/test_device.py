@@ -2,6 +2,9 @@
 the resolved precision, a forced bf16 without native support warns."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,3 +71,55 @@ def test_describe_names_the_cpu_and_its_flags():
     line = device.describe(torch.device("cpu"))
     assert device.name(torch.device("cpu")) in line
     assert "flags:" in line and line.endswith(("native bf16", "(float32 is faster)"))
+
+
+# In a process of its own (the setting is process-wide): page faults of allocating and freeing
+# eight 4 MiB tensors twenty times, after two rounds that set the heap up.
+_FAULTS = """
+import resource, sys, torch
+from catkd import device
+kept = device.keep_freed_memory() if sys.argv[1] == "keep" else None
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    [torch.ones(2**20) for _ in range(8)]
+before = faults()
+for _ in range(20):
+    tensors = [torch.ones(2**20) for _ in range(8)]
+    del tensors
+print(kept, faults() - before)
+"""
+
+
+def test_training_on_the_cpu_keeps_freed_memory_instead_of_faulting_it_back_in():
+    """With glibc's defaults each 4 MiB block freed goes back to the kernel and its 1024 pages
+    fault in again on the next use; once ``keep_freed_memory`` has run they are reused."""
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        glibc = None
+    if not glibc:
+        pytest.skip("keep_freed_memory sets glibc's malloc; this libc is not glibc")
+    outputs = {}
+    for mode in ("default", "keep"):
+        result = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                                text=True, timeout=120, check=True)
+        kept, faults = result.stdout.split()
+        outputs[mode] = (kept, int(faults))
+    assert outputs["keep"][0] == "True"
+    assert outputs["default"][1] > 20 * 8 * 1024 / 2, outputs  # most blocks faulted back in
+    assert outputs["keep"][1] < outputs["default"][1] / 20, outputs
+
+
+def test_a_cpu_run_and_the_timed_steps_keep_freed_memory(tmp_path, monkeypatch):
+    """The training loop and the benchmark's (and so the plan's) timed steps run with the same
+    memory behaviour, so that the plan's estimate is of the runs as they train."""
+    calls = []
+    monkeypatch.setattr(device, "keep_freed_memory", lambda: calls.append("kept") or True)
+    train.fit(None, tiny(tmp_path), quiet=True)
+    assert calls
+    calls.clear()
+    from catkd import bench
+    bench.step_ms(["ce"], "resnet8", "resnet20", "cpu", steps=1, warmup=1, rounds=1,
+                  batch_size=4, num_classes=10, in_channels=1, image_size=28)
+    assert calls
