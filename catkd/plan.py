@@ -4,13 +4,14 @@
 finished run folder, times a few training steps of each distinct method and pair of models on
 this machine (``catkd.bench.step_ms``, on random images of the dataset's shape, with the
 threads the run will have), and multiplies by each run's steps. An epoch's evaluation is counted
-as a forward pass of the student over the test set, a third of the student's cross-entropy step
-per image (a backward pass costs about two forwards). With ``jobs`` worker processes the runs
-are spread over them as ``catkd.sweep.fit_all`` spreads them (teachers first, each student
-once its teacher is finished). A chapter or a sweep prints the
-plan before it trains anything, so that a reader knows whether to wait or to come back later.
-Students that train in lockstep (``catkd.train.fit_lockstep``) share their teacher's forward:
-their group is counted as their runs less all but one teacher forward per batch.
+as a quarter of the student's cross-entropy step per test image: a forward pass, with its
+BatchNorms folded (``catkd.train.evaluate``), where the step has a forward and a backward (about
+two forwards); a resnet8 on the AVX2 path took 1.08 ms per image in a step, 0.27 in evaluation.
+With ``jobs`` worker processes the runs are spread over them as ``catkd.sweep.fit_all`` spreads
+them (teachers first, each student once its teacher is finished). A chapter or a sweep prints
+the plan before it trains anything, so that a reader knows whether to wait or to come back
+later. Students that train in lockstep (``catkd.train.fit_lockstep``) share their teacher's
+forward: their group is counted as their runs less all but one teacher forward per batch.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class _Calibration:
         epoch = (train_images // batch_size * self._step(config, config["method"],
                                                          config["loss"], shape)
                  + math.ceil(test_images / batch_size) * self._step(config, "ce", {},
-                                                                    shape) / 3)
+                                                                    shape) / 4)
         return (config["optim"]["epochs"] - _epochs_done(_folder(config))) * epoch
 
     def group_seconds(self, group: list[dict]) -> float:

@@ -19,6 +19,7 @@ writes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -196,10 +197,13 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
              bf16: bool = False) -> dict:
     """Top-1 and top-5 accuracy (%) and per-class top-1 accuracy of ``model`` on ``loader``.
 
-    Under DDP each rank evaluates its shard and the counts are summed over ranks.
+    The forwards run on a copy of ``model`` in eval mode with its BatchNorms folded into their
+    convolutions (``catkd.models.fold_batchnorm``: the same function to float rounding, one
+    pass less per layer; a resnet8's evaluation of Fashion-MNIST's test set took 3.3-3.8 s on
+    the AVX2 path, folded 2.5 s); ``model`` is left as it was. Under DDP each rank evaluates
+    its shard and the counts are summed over ranks.
     """
-    was_training = model.training
-    model.eval()
+    model = _folded_copy(model)
     correct = torch.zeros(num_classes, device=device)
     seen = torch.zeros(num_classes, device=device)
     correct_top5 = torch.zeros((), device=device)
@@ -213,13 +217,23 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
         correct.index_add_(0, labels, hits.float())
         seen.index_add_(0, labels, torch.ones_like(hits, dtype=torch.float))
         correct_top5 += (ranked == labels[:, None]).any(dim=1).sum()
-    model.train(was_training)
     counts = _all_reduce(torch.cat([correct, seen, correct_top5[None]])).cpu()
     correct, seen, correct_top5 = counts[:num_classes], counts[num_classes:-1], counts[-1]
     per_class = torch.where(seen > 0, 100 * correct / seen.clamp_min(1), torch.nan)
     return {"top1": 100 * correct.sum().item() / seen.sum().item(),
             "top5": 100 * correct_top5.item() / seen.sum().item(),
             "per_class": per_class.tolist()}
+
+
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` without forward hooks (a method's recorders, which must
+    not see the evaluation) and with its BatchNorms folded into their convolutions."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    models.fold_batchnorm(folded)
+    return folded
 
 
 @dataclass
@@ -419,6 +433,8 @@ def _train(members: list[tuple[dict, Path]], rank: int, world_size: int, quiet: 
     config = members[0][0]  # what decides the batches and the teacher: the same for all
     runtime = config["runtime"]
     device = _device(runtime["device"])
+    if device.type == "cpu":
+        devices.keep_freed_memory()
     if runtime["bf16"] and not devices.bf16_native(device):
         warnings.warn(f"runtime.bf16=true on {devices.name(device)}, which has no native bf16: "
                       f"emulated, about 10x slower than float32 (runtime.bf16=auto chooses)",

@@ -29,7 +29,7 @@ def test_the_estimate_is_each_missing_run_s_steps_times_its_measured_step(tmp_pa
     ce_run, kd_run = configs(tmp_path)
     estimate = plan.estimate([ce_run, kd_run])
     # digits: 1437 training images (44 steps of 32), 360 test images (12 batches of 32).
-    epoch_of = {method: 1437 // 32 * measured[method] + math.ceil(360 / 32) * measured["ce"] / 3
+    epoch_of = {method: 1437 // 32 * measured[method] + math.ceil(360 / 32) * measured["ce"] / 4
                 for method in measured}
     # The ce student (2 epochs), the kd student (2 epochs) and its resnet8 teacher (1 epoch).
     assert estimate.seconds == pytest.approx(2 * epoch_of["ce"] + 2 * epoch_of["kd"]

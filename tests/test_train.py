@@ -318,3 +318,25 @@ def test_a_run_that_diverges_in_lockstep_stops_alone(tmp_path):
         train.fit_lockstep([kd, diverging], quiet=True)
     assert (tmp_path / configs.run_name(kd) / "summary.json").is_file()
     assert not (tmp_path / configs.run_name(diverging) / "summary.json").is_file()
+
+
+def test_evaluation_folds_a_copy_and_leaves_the_model_as_it_was(tmp_path):
+    """``evaluate`` runs a copy with its BatchNorms folded and without the model's hooks: the
+    same accuracy as the model's own eval-mode forward, and the model keeps its mode, its
+    BatchNorms and its hooks (a method's recorders) untouched."""
+    run = train.fit(None, tiny(tmp_path), quiet=True)
+    student = run.model().train()
+    seen = []
+    student.get_submodule(student.stages[-1]).register_forward_hook(
+        lambda module, inputs, output: seen.append(output.shape))
+    test_set = data.load("digits", "test")
+    loader = data.BatchLoader(test_set, batch_size=32, train=False)
+    measured = train.evaluate(student, loader, 10, torch.device("cpu"))
+    assert student.training and not seen
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in student.modules())
+    student.eval()
+    with torch.no_grad():
+        predictions = torch.cat([student(images).argmax(dim=1) for images, _ in loader])
+    assert seen  # the hook was still on the model
+    expected = 100 * (predictions == test_set.labels).float().mean().item()
+    assert measured["top1"] == pytest.approx(expected)
