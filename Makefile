@@ -21,16 +21,17 @@ BOOK_SWEEPS_quick := configs/quick/sweeps/*.yaml configs/localisation/sweeps/*.y
 # The chapters then execute: the one that times training steps (5) alone, so that its timings
 # are those of a quiet machine, then the others BOOK_JOBS at a time, each kernel with its share
 # of the cores as threads (a chapter's work, reading runs and data, CAMs of a few models and
-# figures, keeps one core busy, not all), the longest (6: the CAMs of every localisation
-# student) first, so that the others run beside it rather than after it. make fails if any
-# chapter fails.
+# figures, keeps one core busy, not all), the longest first, so that the short ones fill in
+# beside them rather than run after them: 6, 7 and 2 (86, 48 and 40 s of cells in a first
+# build on the AVX2 path, the others 8-15 s). make fails if any chapter fails.
 BOOK_JOBS ?= 2
 ifeq ($(shell echo '$(BOOK_JOBS)' | grep -xE '[1-9][0-9]*'),)
 $(error BOOK_JOBS is the number of chapters executed at a time, a positive integer; got '$(BOOK_JOBS)')
 endif
 BOOK_THREADS := $(shell n=$$(( $$(nproc) / $(BOOK_JOBS) )); echo $$(( n > 0 ? n : 1 )))
 BOOK_TIMED := $(filter %_efficiency.ipynb,$(BOOK_NOTEBOOKS))
-BOOK_LONGEST := $(filter %_localisation.ipynb,$(BOOK_NOTEBOOKS))
+BOOK_LONGEST := $(foreach chapter,localisation beyond_gap cat_properties,\
+	$(filter %_$(chapter).ipynb,$(BOOK_NOTEBOOKS)))
 # papermill for the chapter {} (xargs puts it there): the profile's parameters, then the
 # chapter's own, then the teacher of a variant.
 EXECUTE_CHAPTER = sh -c 'notebook={}; \
