@@ -127,10 +127,11 @@ def keep_freed_memory() -> bool:
 
     Each step frees its activations and allocates them again. With glibc's defaults, blocks of
     a few MiB go back to the kernel and come back as fresh pages, each zeroed on its first
-    touch: on the AVX2 path 0.8 s of kernel time in 60 resnet20 -> resnet8 kd steps, and those
-    steps 10-15% slower than with the memory kept (README, "Performance"). Blocks up to 32 MiB
-    (the most glibc allows) are then served from the heap, and the heap is not trimmed: the
-    process keeps its peak memory, which every step reaches anyway. Process-wide; returns
+    touch: a process timing 40 resnet20 -> resnet8 kd steps on the AVX2 path faulted in 440-530
+    thousand pages against 140 thousand with the memory kept, and its steps were 1.08-1.10x
+    slower (``scripts/keep_freed_memory_ab.py``; README, "Memory a step frees"). Blocks up to
+    32 MiB (the most glibc allows) are then served from the heap, and the heap is not trimmed:
+    the process keeps its peak memory, which every step reaches anyway. Process-wide; returns
     whether glibc took both settings (False, and nothing changed, elsewhere)."""
     try:
         glibc = os.confstr("CS_GNU_LIBC_VERSION")

@@ -200,7 +200,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
     The forwards run on a copy of ``model`` in eval mode with its BatchNorms folded into their
     convolutions (``catkd.models.fold_batchnorm``: the same function to float rounding, one
     pass less per layer; a resnet8's evaluation of Fashion-MNIST's test set took 3.3-3.8 s on
-    the AVX2 path, folded 2.5 s); ``model`` is left as it was. Under DDP each rank evaluates
+    the AVX2 path, folded 2.5-2.7 s); ``model`` is left as it was. Under DDP each rank evaluates
     its shard and the counts are summed over ranks.
     """
     model = _folded_copy(model)
